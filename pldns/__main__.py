@@ -1,0 +1,5 @@
+"""`python -m pldns` is the `pldns` command."""
+
+from pldns.cli import main
+
+raise SystemExit(main())

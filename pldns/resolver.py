@@ -1,0 +1,98 @@
+"""Decide what to do with one query: answer it from the table, forward it, or fail it.
+
+Sans-IO: bytes in, bytes (a reply) or a Query (to forward) out. No await, no sockets.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from pldns.errors import SERVFAIL, BadVersion, DnsError, Refused
+from pldns.stats import Stats, qtype_label
+from pldns.table import RecordTable
+from pldns.wire import (
+    CLASS_IN,
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_ANY,
+    TYPE_AXFR,
+    TYPE_IXFR,
+    Query,
+    build_answer,
+    build_error,
+    scan_query,
+    truncate,
+    udp_limit,
+)
+
+WHEN_UNKNOWN_FORWARD = "forward"
+WHEN_UNKNOWN_SERVFAIL = "servfail"
+
+# Where a reply came from, for metrics and the query log (bounded label values).
+SOURCE_OWNED = "owned"
+SOURCE_UPSTREAM = "upstream"
+SOURCE_LOCAL = "local"  # an error we produced ourselves: FORMERR, REFUSED, SERVFAIL, ...
+
+
+@dataclass(slots=True)
+class Local:
+    """A reply made here, and which source label it counts under."""
+
+    reply: bytes
+    source: str
+
+
+class Resolver:
+    """Holds the current table; `table` is replaced whole by the sync (never mutated)."""
+
+    def __init__(self, table: RecordTable, when_unknown: str, stats: Stats) -> None:
+        self.table = table
+        self.when_unknown = when_unknown
+        self.stats = stats
+        self._turn = itertools.count()
+
+    def resolve(self, data: bytes, proto: str) -> Local | Query:
+        """Answer locally (Local) or hand back the scanned Query for forwarding.
+
+        Raises Drop for packets that get no reply at all.
+        """
+        try:
+            q = scan_query(data)
+        except DnsError as err:
+            self.stats.requests[(proto, "invalid")] += 1
+            return Local(build_error(data, err.rcode, err.qend), SOURCE_LOCAL)
+        self.stats.requests[(proto, qtype_label(q.qtype))] += 1
+        try:
+            return self._decide(data, q, proto)
+        except DnsError as err:
+            return Local(build_error(data, err.rcode, q.qend, q.opt), SOURCE_LOCAL)
+
+    def _decide(self, data: bytes, q: Query, proto: str) -> Local | Query:
+        if q.opt is not None and q.opt.version != 0:
+            raise BadVersion("EDNS version")  # RFC 6891 §6.1.3
+        owned = self.table.names.get(q.qname) if q.qclass == CLASS_IN else None
+        if owned is None:
+            return q
+        if not owned.known:
+            if self.when_unknown == WHEN_UNKNOWN_FORWARD:
+                return q
+            return Local(build_error(data, SERVFAIL, q.qend, q.opt), SOURCE_LOCAL)
+        qtype = q.qtype
+        if qtype == TYPE_A or (qtype == TYPE_ANY and owned.a_count):
+            # ANY gets the A RRset only (RFC 8482 §4.2: a subset is a valid answer).
+            rot = owned.a[next(self._turn) % len(owned.a)]
+            reply = build_answer(data, q, owned.a_count, rot)
+        elif qtype == TYPE_AAAA and owned.aaaa_count:
+            rot = owned.aaaa[next(self._turn) % len(owned.aaaa)]
+            reply = build_answer(data, q, owned.aaaa_count, rot)
+        elif qtype in (TYPE_AXFR, TYPE_IXFR):
+            raise Refused("zone transfer")  # RFC 5936 §2.2.1: transfers may be refused
+        else:
+            # NODATA: the name exists, this type does not (RFC 2308 §2.2). Never NXDOMAIN and
+            # never forwarded, or a public AAAA/HTTPS answer would lead clients around the
+            # endpoint.
+            reply = build_answer(data, q, 0, b"", 1, owned.soa)
+        if proto == "udp" and len(reply) > udp_limit(q):
+            reply = truncate(reply, q.qend, q.opt)
+        return Local(reply, SOURCE_OWNED)

@@ -1,0 +1,277 @@
+"""The DNS listeners: UDP and TCP on each listen address, and the glue between them.
+
+`Frontend.handle` is the one entry for a query from either transport: access control, the
+sans-IO resolver, the in-flight bound, forwarding, and the reply. No exception from one
+query reaches a listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from pldns.acl import Acl
+from pldns.config import HostPort, Tcp
+from pldns.errors import REFUSED, SERVFAIL, DnsError, Drop
+from pldns.resolver import SOURCE_LOCAL, SOURCE_UPSTREAM, Local, Resolver
+from pldns.stats import Stats
+from pldns.upstream import Forwarder
+from pldns.wire import TCP_MAX, build_error, scan_query, truncate, udp_limit
+
+log = logging.getLogger("pldns.server")
+
+Send = Callable[[bytes], None]
+UDP_BUFFER = 4 * 1024 * 1024
+
+
+class Frontend:
+    """Everything a listener needs to turn a query into a reply."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        forwarder: Forwarder,
+        acl: Acl,
+        deny: str,
+        stats: Stats,
+        max_inflight: int,
+    ) -> None:
+        self.resolver = resolver
+        self.forwarder = forwarder
+        self.acl = acl
+        self.deny = deny
+        self.stats = stats
+        self.max_inflight = max_inflight
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def handle(self, data: bytes, host: str, proto: str, send: Send) -> bool:
+        """Reply through `send` now or later; False when the packet gets no reply at all."""
+        start = time.perf_counter()
+        stats = self.stats
+        if not self.acl.allowed(host):
+            return self._deny(data, send)
+        try:
+            result = self.resolver.resolve(data, proto)
+        except Drop as drop:
+            stats.dropped[drop.reason] += 1
+            return False
+        if type(result) is Local:
+            send(result.reply)
+            stats.respond(result.reply, result.source, time.perf_counter() - start)
+            return True
+        q = result  # a Query to forward
+        if stats.inflight >= self.max_inflight:
+            stats.rejected_inflight += 1
+            reply = build_error(data, REFUSED, q.qend, q.opt)  # type: ignore[union-attr]
+            send(reply)
+            stats.respond(reply, SOURCE_LOCAL, time.perf_counter() - start)
+            return True
+        stats.inflight += 1
+        task = asyncio.get_running_loop().create_task(
+            self._forward(data, q, proto, send, start)  # type: ignore[arg-type]
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return True
+
+    async def _forward(self, data: bytes, q, proto: str, send: Send, start: float) -> None:  # type: ignore[no-untyped-def]
+        try:
+            limit = udp_limit(q) if proto == "udp" else TCP_MAX
+            reply = await self.forwarder.forward(data, q, limit)
+            if reply is None:
+                reply = build_error(data, SERVFAIL, q.qend, q.opt)
+                source = SOURCE_LOCAL
+            else:
+                reply = data[:2] + reply[2:]
+                if len(reply) > limit:
+                    reply = truncate(reply, q.qend, q.opt)
+                source = SOURCE_UPSTREAM
+            send(reply)
+            self.stats.respond(reply, source, time.perf_counter() - start)
+        except DnsError as err:  # a malformed EDNS option found while rewriting
+            reply = build_error(data, err.rcode, q.qend, q.opt)
+            send(reply)
+            self.stats.respond(reply, SOURCE_LOCAL, time.perf_counter() - start)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("forwarding failed unexpectedly")
+            reply = build_error(data, SERVFAIL, q.qend, q.opt)
+            send(reply)
+            self.stats.respond(reply, SOURCE_LOCAL, time.perf_counter() - start)
+        finally:
+            self.stats.inflight -= 1
+
+    def _deny(self, data: bytes, send: Send) -> bool:
+        """A client outside `allow`: REFUSED (counted as a local reply) or silence (dropped)."""
+        if self.deny == "drop":
+            self.stats.dropped["acl"] += 1
+            return False
+        try:
+            q = scan_query(data)
+        except (Drop, DnsError):
+            self.stats.dropped["acl"] += 1
+            return False
+        reply = build_error(data, REFUSED, q.qend, q.opt)
+        send(reply)
+        self.stats.respond(reply, SOURCE_LOCAL, 0.0)
+        return True
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    def __init__(self, frontend: Frontend) -> None:
+        self.frontend = frontend
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        try:
+            self.frontend.handle(data, addr[0], "udp", lambda reply: transport.sendto(reply, addr))
+        except Exception:  # never let one packet take the listener down
+            log.exception("UDP query handling failed")
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP listener error: %s", exc)
+
+
+class TcpConnection(asyncio.Protocol):
+    """One client connection (RFC 7766): framed, pipelined, answered out of order."""
+
+    def __init__(self, frontend: Frontend, settings: Tcp, registry: set[TcpConnection]) -> None:
+        self.frontend = frontend
+        self.settings = settings
+        self.registry = registry
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.host = ""
+        self.pending = 0
+        self.paused = False
+        self.idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        stats = self.frontend.stats
+        if len(self.registry) >= self.settings.max_connections:
+            stats.tcp_rejected += 1
+            transport.close()
+            self.transport = None
+            return
+        peer = transport.get_extra_info("peername")
+        self.host = peer[0] if peer else ""
+        self.registry.add(self)
+        stats.tcp_connections += 1
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        loop = asyncio.get_running_loop()
+        self.idle = loop.call_later(self.settings.idle_timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        # RFC 7766 §6.2.3: close idle connections; one with queries still pending waits.
+        if self.pending:
+            self._arm()
+        elif self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        self._arm()
+        buf = self.buffer
+        buf += data
+        while len(buf) >= 2 and not self.transport.is_closing():
+            size = (buf[0] << 8) | buf[1]
+            if len(buf) < 2 + size:
+                break  # a partial message: wait for the rest
+            message = bytes(buf[2 : 2 + size])
+            del buf[: 2 + size]
+            self.pending += 1
+            try:
+                if not self.frontend.handle(message, self.host, "tcp", self._send):
+                    self.pending -= 1  # dropped: no reply will come
+            except Exception:
+                self.pending -= 1
+                log.exception("TCP query handling failed")
+            if self.pending >= self.settings.max_pipelined and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+
+    def _send(self, reply: bytes) -> None:
+        self.pending -= 1
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(len(reply).to_bytes(2, "big") + reply)
+        if self.paused and self.pending < self.settings.max_pipelined:
+            self.paused = False
+            transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.registry.discard(self)
+        self.transport = None
+
+
+def bind_socket(address: HostPort, kind: int) -> socket.socket:
+    """A bound socket; IPv6 sockets are v6-only so [::] and 0.0.0.0 can both be listened on."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        else:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+            except OSError:
+                pass
+        sock.bind((address.host, address.port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Listener:
+    """UDP and TCP on one address."""
+
+    def __init__(self, address: HostPort) -> None:
+        self.address = address
+        self.udp: asyncio.DatagramTransport | None = None
+        self.tcp: asyncio.Server | None = None
+
+    async def start(self, frontend: Frontend, settings: Tcp, registry: set[TcpConnection]) -> None:
+        loop = asyncio.get_running_loop()
+        udp_sock = bind_socket(self.address, socket.SOCK_DGRAM)
+        tcp_sock = bind_socket(self.address, socket.SOCK_STREAM)
+        try:
+            self.udp, _ = await loop.create_datagram_endpoint(
+                lambda: UdpListener(frontend), sock=udp_sock
+            )
+            self.tcp = await loop.create_server(
+                lambda: TcpConnection(frontend, settings, registry), sock=tcp_sock, backlog=1024
+            )
+        except BaseException:
+            udp_sock.close()
+            tcp_sock.close()
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.udp is not None:
+            self.udp.close()
+        if self.tcp is not None:
+            self.tcp.close()

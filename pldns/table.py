@@ -1,0 +1,144 @@
+"""The owned-name table: immutable, built anew from addresses and swapped in whole.
+
+Each owned name maps to prebuilt wire sections. Answer records use the compression pointer
+0xC00C (the question name at offset 12), so one template serves every spelling of the name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pldns.wire import TYPE_A, TYPE_AAAA, TYPE_SOA, encode_name
+
+_PTR_QNAME = b"\xc0\x0c"
+_IN = b"\x00\x01"
+# Random rotation is not needed: every reply starts at the next address in turn (round
+# robin), so clients that take the first address spread over the zones.
+
+
+@dataclass(frozen=True, slots=True)
+class Addresses:
+    """The addresses one service answers with, and where they came from."""
+
+    v4: tuple[str, ...] = ()
+    v6: tuple[str, ...] = ()
+    origin: str = "static"  # static | privatelink | snapshot | file
+    detail: tuple[Mapping[str, str], ...] = ()  # per-IP facts for status (zone, ENI, ...)
+
+    @property
+    def known(self) -> bool:
+        return bool(self.v4 or self.v6)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedName:
+    """One owned name with its answers prebuilt as wire bytes."""
+
+    name: str
+    service: str
+    known: bool
+    a: tuple[bytes, ...]  # rotations of the A answer section
+    a_count: int
+    aaaa: tuple[bytes, ...]
+    aaaa_count: int
+    soa: bytes  # the authority-section SOA for NODATA (RFC 2308 §3)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordTable:
+    """Lower-cased wire name -> OwnedName. Never mutated; a new one replaces it."""
+
+    names: Mapping[bytes, OwnedName] = field(default_factory=dict)
+    services: Mapping[str, Addresses] = field(default_factory=dict)
+    domains: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    serial: int = 0
+    ttl: int = 30
+    loaded: bool = False  # True once the table holds addresses from a real source
+
+    def get(self, qname: bytes) -> OwnedName | None:
+        return self.names.get(qname)
+
+
+def _rr(rtype: int, ttl: int, rdata: bytes) -> bytes:
+    return (
+        _PTR_QNAME
+        + rtype.to_bytes(2, "big")
+        + _IN
+        + ttl.to_bytes(4, "big")
+        + len(rdata).to_bytes(2, "big")
+        + rdata
+    )
+
+
+def _rotations(rtype: int, ttl: int, packed: list[bytes]) -> tuple[bytes, ...]:
+    records = [_rr(rtype, ttl, ip) for ip in packed]
+    if not records:
+        return (b"",)
+    return tuple(b"".join(records[i:] + records[:i]) for i in range(len(records)))
+
+
+def soa_record(ttl: int, serial: int) -> bytes:
+    """SOA owned by the queried name itself: each owned name is its own tiny zone apex.
+
+    MNAME is the name, RNAME hostmaster.<name>; MINIMUM and the TTL are the answer TTL, so
+    the negative answer is cached no longer than a positive one (RFC 2308 §5).
+    """
+    rdata = (
+        _PTR_QNAME
+        + b"\x0ahostmaster"
+        + _PTR_QNAME
+        + (serial & 0xFFFFFFFF).to_bytes(4, "big")
+        + (3600).to_bytes(4, "big")  # refresh
+        + (600).to_bytes(4, "big")  # retry
+        + (86400).to_bytes(4, "big")  # expire
+        + ttl.to_bytes(4, "big")  # minimum: the negative-caching TTL
+    )
+    return _rr(TYPE_SOA, ttl, rdata)
+
+
+def build_table(
+    domains: Mapping[str, Iterable[str]],
+    addresses: Mapping[str, Addresses],
+    ttl: int,
+    serial: int | None = None,
+    loaded: bool = True,
+) -> RecordTable:
+    """Build a table from service -> domains and service -> addresses.
+
+    A service without addresses still owns its names (known=False), so the configured
+    `when_unknown` policy applies to them instead of silently forwarding.
+    """
+    serial = int(time.time()) if serial is None else serial
+    soa = soa_record(ttl, serial)
+    names: dict[bytes, OwnedName] = {}
+    frozen_domains: dict[str, tuple[str, ...]] = {}
+    for service, service_domains in domains.items():
+        addrs = addresses.get(service, Addresses())
+        v4 = sorted({ipaddress.IPv4Address(ip) for ip in addrs.v4})
+        v6 = sorted({ipaddress.IPv6Address(ip) for ip in addrs.v6})
+        a = _rotations(TYPE_A, ttl, [ip.packed for ip in v4])
+        aaaa = _rotations(TYPE_AAAA, ttl, [ip.packed for ip in v6])
+        frozen_domains[service] = tuple(service_domains)
+        for domain in service_domains:
+            key = encode_name(domain.lower())
+            names[key] = OwnedName(
+                name=domain.rstrip(".").lower() + ".",
+                service=service,
+                known=addrs.known,
+                a=a,
+                a_count=len(v4),
+                aaaa=aaaa,
+                aaaa_count=len(v6),
+                soa=soa,
+            )
+    return RecordTable(
+        names=names,
+        services=dict(addresses),
+        domains=frozen_domains,
+        serial=serial,
+        ttl=ttl,
+        loaded=loaded,
+    )
