@@ -8,6 +8,7 @@ query reaches a listener.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -233,10 +234,8 @@ def bind_socket(address: HostPort, kind: int) -> socket.socket:
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         else:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
-            except OSError:
-                pass
         sock.bind((address.host, address.port))
         sock.setblocking(False)
     except BaseException:

@@ -257,7 +257,7 @@ class Forwarder:
                 up.last_error = f"{type(err).__name__}: {err}"
                 continue
             rcode = rcode_of(reply)
-            if rcode == SERVFAIL or rcode == REFUSED:
+            if rcode in (SERVFAIL, REFUSED):
                 reason = "servfail" if rcode == SERVFAIL else "refused"
                 up.failed(reason, time.monotonic(), down=False)
                 said_no.add(id(up))
