@@ -4,27 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 
 from pldns.acl import Acl
 from pldns.config import Config, HostPort
 from pldns.resolvconf import upstream_addresses
 from pldns.resolver import Resolver
 from pldns.server import Frontend, Listener, TcpConnection
+from pldns.snapshot import FileSink, SnapshotSink
+from pldns.source import EndpointSource, FileSource
+from pldns.sourceconfig import SOURCE_FILE, SOURCE_PRIVATELINK
 from pldns.stats import Stats
-from pldns.table import Addresses, RecordTable, build_table
+from pldns.sync import Syncer, SyncState
+from pldns.table import RecordTable
 from pldns.upstream import Forwarder
 
 log = logging.getLogger("pldns")
 
 
-def static_addresses(config: Config) -> dict[str, Addresses]:
-    return {s.name: Addresses(s.static_v4, s.static_v6, "static") for s in config.services}
+def make_source(config: Config) -> EndpointSource | None:
+    if config.sync.source == SOURCE_PRIVATELINK:
+        from pldns.privatelink import PrivateLinkSource  # the SDK is imported only when used
+
+        return PrivateLinkSource(config.privatelink, config.region, config.services)
+    if config.sync.source == SOURCE_FILE:
+        return FileSource(config.sync.file)
+    return None
 
 
-def table_for(config: Config, addresses: Mapping[str, Addresses]) -> RecordTable:
-    domains = {s.name: s.domains for s in config.services}
-    return build_table(domains, addresses, config.answers.ttl)
+def make_sinks(config: Config) -> list[SnapshotSink]:
+    return [FileSink(config.sync.snapshot)] if config.sync.snapshot else []
 
 
 class App:
@@ -34,8 +42,14 @@ class App:
         self.config = config
         self.stats = Stats()
         self.upstreams = upstream_addresses(config) if upstreams is None else upstreams
-        table = table_for(config, static_addresses(config))
-        self.resolver = Resolver(table, config.answers.when_unknown, self.stats)
+        self.resolver = Resolver(RecordTable(), config.answers.when_unknown, self.stats)
+        self.sync_state = SyncState()
+        self.syncer = Syncer(
+            config, make_source(config), self.swap_table, make_sinks(config), self.sync_state
+        )
+        self.syncer.start_static()
+        if config.sync.snapshot:
+            self.syncer.load_snapshot(config.sync.snapshot)
         self.forwarder = Forwarder(self.upstreams, config.forward, self.stats)
         self.frontend = Frontend(
             self.resolver,
@@ -48,12 +62,15 @@ class App:
         self.listeners: list[Listener] = []
         self.connections: set[TcpConnection] = set()
         self.stopping = asyncio.Event()
+        self.sync_task: asyncio.Task[None] | None = None
 
     def swap_table(self, table: RecordTable) -> None:
         """Replace the owned-name table whole; queries in progress keep the one they read."""
         self.resolver.table = table
 
     async def start(self) -> None:
+        if self.syncer.source is not None and self.syncer.source.kind == SOURCE_FILE:
+            await self.syncer.round()  # a node resolver serves the mounted file from the start
         try:
             for address in self.config.listen:
                 listener = Listener(address)
@@ -68,6 +85,10 @@ class App:
             ", ".join(str(u) for u in self.upstreams),
             len(self.resolver.table.names),
         )
+        if self.syncer.source is not None:
+            self.sync_task = asyncio.get_running_loop().create_task(
+                self.syncer.run(self.stopping), name="sync"
+            )
 
     async def run(self) -> None:
         await self.start()
@@ -81,6 +102,8 @@ class App:
 
     async def stop(self, drain: float = 5.0) -> None:
         """Stop accepting, give in-flight queries `drain` seconds to finish, close."""
+        if self.sync_task is not None:
+            self.sync_task.cancel()
         for listener in self.listeners:
             if listener.tcp is not None:
                 listener.tcp.close()

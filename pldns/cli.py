@@ -28,6 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     check = sub.add_parser("check", help="validate a config and show what would be served")
     check.add_argument("--config", "-c", required=True, help="YAML config file")
+    sync = sub.add_parser("sync", help="run the PrivateLink sync alone and publish the snapshot")
+    sync.add_argument("--config", "-c", required=True, help="YAML config file")
+    sync.add_argument("--once", action="store_true", help="one round, print the table, exit")
+    sync.add_argument("--out", help="snapshot file to write (default: sync.snapshot)")
+    sync.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    discover = sub.add_parser("discover", help="list the VPC's endpoints and cloud zones")
+    discover.add_argument("--config", "-c", required=True, help="YAML config file")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -39,13 +46,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "check":
         return _check(args.config)
+    if args.command in ("sync", "discover"):
+        return _cloud(args)
     return _serve(args.config, args.log_level)
 
 
-def _load(path: str) -> Config | None:
+def _cloud(args: argparse.Namespace) -> int:
+    from pldns.discovery import run_discover
+    from pldns.synccli import check_sync_config, run_sync, sinks_for
+
+    _setup_logging(getattr(args, "log_level", "warning"))
+    config = _load(args.config, upstreams=False)
+    if config is None:
+        return EXIT_CONFIG
+    if args.command == "discover":
+        return asyncio.run(run_discover(config))
+    problem = check_sync_config(config)
+    if problem:
+        print(f"pldns: {args.config}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    _install_loop()
+    return asyncio.run(run_sync(config, args.once, sinks_for(config, args.out)))
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _load(path: str, upstreams: bool = True) -> Config | None:
     try:
         config = load_config(path)
-        upstream_addresses(config)
+        if upstreams:
+            upstream_addresses(config)
         return config
     except ConfigError as err:
         print(f"pldns: {path}: invalid config", file=sys.stderr)
@@ -82,9 +116,7 @@ def _install_loop() -> None:
 
 
 def _serve(path: str, level: str) -> int:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _setup_logging(level)
     config = _load(path)
     if config is None:
         return EXIT_CONFIG

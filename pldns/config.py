@@ -23,6 +23,15 @@ from pldns.schema import (
     parse_ip,
     parse_network,
 )
+from pldns.sourceconfig import (
+    SOURCE_PRIVATELINK,
+    Matcher,
+    PrivateLink,
+    Sync,
+    parse_matcher,
+    parse_privatelink,
+    parse_sync,
+)
 
 RESOLV_CONF = "resolv.conf"
 DEFAULT_LISTEN = ("127.0.0.1:53",)
@@ -91,6 +100,7 @@ class Service:
     name: str
     domains: tuple[str, ...]
     static: tuple[str, ...] = ()
+    matcher: Matcher | None = None  # which PrivateLink endpoints feed it (source privatelink)
 
     @property
     def static_v4(self) -> tuple[str, ...]:
@@ -112,6 +122,8 @@ class Config:
     forward: Forward = field(default_factory=Forward)
     tcp: Tcp = field(default_factory=Tcp)
     services: tuple[Service, ...] = ()
+    sync: Sync = field(default_factory=Sync)
+    privatelink: PrivateLink = field(default_factory=PrivateLink)
     source: str = ""  # the file it was read from, for messages
 
 
@@ -148,6 +160,10 @@ def parse_config(data: Any, source: str = "") -> Config:
     forward = _forward(top.section("forward"))
     tcp = _tcp(top.section("tcp"))
     services = _services(top.section("services"), region, problems)
+    sync = parse_sync(top.section("sync"))
+    privatelink = parse_privatelink(top.section("privatelink"), region)
+    if sync.source == SOURCE_PRIVATELINK:
+        _check_privatelink(privatelink, services, problems)
     top.close()
     if problems.items:
         raise ConfigError(problems.items)
@@ -161,8 +177,22 @@ def parse_config(data: Any, source: str = "") -> Config:
         forward=forward,
         tcp=tcp,
         services=tuple(services),
+        sync=sync,
+        privatelink=privatelink,
         source=source,
     )
+
+
+def _check_privatelink(pl: PrivateLink, services: list[Service], problems: Problems) -> None:
+    if not pl.vpc_id:
+        problems.add("privatelink.vpc_id", "is required when sync.source is privatelink")
+    for service in services:
+        if service.matcher is None and not service.static:
+            problems.add(
+                f"services.{service.name}.privatelink",
+                "is required when sync.source is privatelink (no default PrivateLink service "
+                f"name for {service.name!r}; give service_name, endpoint_id, endpoint_name or tags)",
+            )
 
 
 def _hostport(problems: Problems, path: str, value: Any) -> HostPort | None:
@@ -235,6 +265,9 @@ def _services(s: Section, region: str, problems: Problems) -> list[Service]:
         ):
             problems.add(join(path, "domains"), "expected at least one domain")
         static = body.listed("static", lambda p, v: parse_ip(problems, p, v), [])
+        matcher = parse_matcher(
+            body.raw("privatelink", None), join(path, "privatelink"), name, region, problems
+        )
         body.close()
         for index, domain in enumerate(domains):
             other = owner.setdefault(domain, name)
@@ -243,7 +276,9 @@ def _services(s: Section, region: str, problems: Problems) -> list[Service]:
                     join(join(path, "domains"), index),
                     f"{domain!r} is already owned by service {other!r}",
                 )
-        services.append(Service(name=name, domains=tuple(domains), static=tuple(static)))
+        services.append(
+            Service(name=name, domains=tuple(domains), static=tuple(static), matcher=matcher)
+        )
     return services
 
 

@@ -79,7 +79,7 @@ class Resolver:
                 return q
             return Local(build_error(data, SERVFAIL, q.qend, q.opt), SOURCE_LOCAL)
         qtype = q.qtype
-        if qtype == TYPE_A or (qtype == TYPE_ANY and owned.a_count):
+        if owned.a_count and qtype in (TYPE_A, TYPE_ANY):
             # ANY gets the A RRset only (RFC 8482 §4.2: a subset is a valid answer).
             rot = owned.a[next(self._turn) % len(owned.a)]
             reply = build_answer(data, q, owned.a_count, rot)

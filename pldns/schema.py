@@ -66,10 +66,14 @@ class Section:
         return Section(self.raw(key, {}), join(self.path, key), self.problems)
 
     def string(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] = ()) -> str:
-        value = self.raw(key, default)
+        self.seen.add(key)
+        value = self.data.get(key)
         path = join(self.path, key)
-        if value is None:
-            return ""
+        if value is None:  # absent: the default, unvalidated ("" allowed as "not set")
+            if default is _MISSING:
+                self.problems.add(path, "is required")
+                return ""
+            return default
         if not isinstance(value, str) or not value:
             self.problems.add(path, f"expected a non-empty string, got {describe(value)}")
             return "" if default is _MISSING else default

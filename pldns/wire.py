@@ -111,7 +111,7 @@ def _scan_records(data: bytes, pos: int) -> Opt | None:
         start = pos
         pos = _skip_name(data, pos)
         if pos + 10 > n:
-            raise FormatError("truncated record", pos)
+            raise FormatError("truncated record")
         rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
         pos += 10 + rdlen
         if pos > n:
@@ -149,7 +149,7 @@ def _skip_name(data: bytes, pos: int) -> int:
         if ln > MAX_LABEL:
             raise FormatError("bad label type")
         length += ln + 1
-        if length > MAX_NAME:
+        if length >= MAX_NAME:  # the root label still follows: wire length is length + 1
             raise FormatError("name too long")
         pos += ln + 1
 

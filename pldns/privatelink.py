@@ -1,0 +1,306 @@
+"""The PrivateLink source: endpoint ENI IPs from the Alibaba Cloud API, via the real SDK.
+
+The only module that speaks cloud vocabulary. One round: ListVpcEndpoints for the VPC
+(paged), match endpoints to services, ListVpcEndpointZones for each matched endpoint (paged).
+A usable IP is an endpoint that is Active and Connected with a zone that is Connected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pldns.config import Service
+from pldns.source import SourceError, SourceResult
+from pldns.sourceconfig import Matcher, PrivateLink
+from pldns.table import Addresses
+
+log = logging.getLogger("pldns.privatelink")
+
+ENDPOINT_ACTIVE = "Active"
+CONNECTION_CONNECTED = "Connected"
+ZONE_CONNECTED = "Connected"
+THROTTLING_CODES = ("Throttling", "Throttling.User", "Throttling.Api", "ServiceUnavailable")
+AUTH_CODE_PREFIXES = (
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "Forbidden",
+    "NoPermission",
+    "InvalidSecurityToken",
+    "IncompleteSignature",
+    "UnauthorizedOperation",
+)
+
+
+@dataclass(frozen=True)
+class Zone:
+    zone_id: str
+    status: str
+    eni_id: str
+    eni_ip: str
+    ipv6: str
+    vswitch_id: str
+
+    @property
+    def usable(self) -> bool:
+        return self.status == ZONE_CONNECTED
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    endpoint_id: str
+    name: str
+    service_name: str
+    status: str
+    connection: str
+    vpc_id: str
+    tags: tuple[tuple[str, str], ...]
+    domain: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.status == ENDPOINT_ACTIVE and self.connection == CONNECTION_CONNECTED
+
+    def matches(self, m: Matcher) -> bool:
+        return (
+            (not m.service_name or self.service_name == m.service_name)
+            and (not m.endpoint_id or self.endpoint_id == m.endpoint_id)
+            and (not m.endpoint_name or self.name == m.endpoint_name)
+            and all(tag in self.tags for tag in m.tags)
+        )
+
+
+def classify(err: BaseException) -> SourceError:
+    """Map an SDK or transport error to a SourceError with a bounded reason label."""
+    if isinstance(err, SourceError):
+        return err
+    code = str(getattr(err, "code", "") or "")
+    status = getattr(err, "status_code", None) or getattr(err, "statusCode", None)
+    request_id = str(getattr(err, "request_id", "") or "")
+    retry_after = getattr(err, "retry_after", None)
+    name = type(err).__name__
+    if name == "ThrottlingException" or code in THROTTLING_CODES or status == 503:
+        wait = float(retry_after) / 1000.0 if retry_after else None  # header is milliseconds
+        return SourceError("throttled", f"{code or 'Throttling'} (HTTP {status})", request_id, wait)
+    if code.startswith(AUTH_CODE_PREFIXES) or status in (401, 403):
+        return SourceError("auth", f"{code} (HTTP {status})", request_id)
+    if status is not None and int(status) >= 500:
+        return SourceError("server", f"{code} (HTTP {status})", request_id)
+    if status is not None:
+        return SourceError("client", f"{code} (HTTP {status})", request_id)
+    if isinstance(err, TimeoutError) or "timeout" in name.lower():
+        return SourceError("timeout", name)
+    return SourceError("network", f"{name}: {str(err)[:200]}")
+
+
+class PrivateLinkSource:
+    """Fetches addresses for the services that have a PrivateLink matcher."""
+
+    kind = "privatelink"
+
+    def __init__(
+        self, settings: PrivateLink, region: str, services: Sequence[Service], client: Any = None
+    ) -> None:
+        self.settings = settings
+        self.region = settings.region or region
+        self.services = [s for s in services if s.matcher is not None and not s.static]
+        self._client = client
+        # Every endpoint/zone the last round saw, usable or not, for `pldns sync --once`.
+        self.rows: list[dict[str, str]] = []
+
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = build_client(self.settings, self.region)
+        return self._client
+
+    def _runtime(self) -> Any:
+        from darabonba.runtime import RuntimeOptions
+
+        return RuntimeOptions(
+            autoretry=False,  # retries and backoff are the sync loop's job
+            connect_timeout=int(self.settings.connect_timeout * 1000),
+            read_timeout=int(self.settings.read_timeout * 1000),
+        )
+
+    async def list_endpoints(self) -> list[Endpoint]:
+        from alibabacloud_privatelink20200415 import models
+
+        out: list[Endpoint] = []
+        token: str | None = None
+        while True:
+            req = models.ListVpcEndpointsRequest(
+                region_id=self.region,
+                vpc_id=self.settings.vpc_id or None,
+                max_results=self.settings.page_size,
+                next_token=token,
+            )
+            try:
+                resp = await self.client().list_vpc_endpoints_with_options_async(
+                    req, self._runtime()
+                )
+            except Exception as err:
+                raise classify(err) from err
+            body = resp.body
+            for ep in body.endpoints or []:
+                tags = tuple(sorted((t.key or "", t.value or "") for t in ep.tags or []))
+                out.append(
+                    Endpoint(
+                        endpoint_id=ep.endpoint_id or "",
+                        name=ep.endpoint_name or "",
+                        service_name=ep.service_name or "",
+                        status=ep.endpoint_status or "",
+                        connection=ep.connection_status or "",
+                        vpc_id=ep.vpc_id or "",
+                        tags=tags,
+                        domain=ep.endpoint_domain or "",
+                    )
+                )
+            token = body.next_token
+            if not token:
+                return out
+
+    async def list_zones(self, endpoint_id: str) -> list[Zone]:
+        from alibabacloud_privatelink20200415 import models
+
+        out: list[Zone] = []
+        token: str | None = None
+        while True:
+            req = models.ListVpcEndpointZonesRequest(
+                region_id=self.region,
+                endpoint_id=endpoint_id,
+                max_results=self.settings.page_size,
+                next_token=token,
+            )
+            try:
+                resp = await self.client().list_vpc_endpoint_zones_with_options_async(
+                    req, self._runtime()
+                )
+            except Exception as err:
+                raise classify(err) from err
+            for z in resp.body.zones or []:
+                out.append(
+                    Zone(
+                        zone_id=z.zone_id or "",
+                        status=z.zone_status or "",
+                        eni_id=z.eni_id or "",
+                        eni_ip=z.eni_ip or "",
+                        ipv6=z.zone_ipv_6address or "",
+                        vswitch_id=z.v_switch_id or "",
+                    )
+                )
+            token = resp.body.next_token
+            if not token:
+                return out
+
+    async def fetch(self) -> SourceResult:
+        endpoints = await self.list_endpoints()
+        zones: dict[str, list[Zone]] = {}
+        failed: dict[str, SourceError] = {}
+        wanted = {
+            ep.endpoint_id
+            for ep in endpoints
+            if ep.usable and any(ep.matches(s.matcher) for s in self.services if s.matcher)
+        }
+        for endpoint_id in sorted(wanted):
+            try:
+                zones[endpoint_id] = await self.list_zones(endpoint_id)
+            except SourceError as err:
+                if err.reason in ("throttled", "auth"):
+                    raise  # the whole round would fail the same way
+                failed[endpoint_id] = err
+        addresses: dict[str, Addresses] = {}
+        incomplete: set[str] = set()
+        rows: list[dict[str, str]] = []
+        for service in self.services:
+            assert service.matcher is not None
+            v4: list[str] = []
+            v6: list[str] = []
+            detail: list[dict[str, str]] = []
+            for ep in endpoints:
+                if not ep.matches(service.matcher):
+                    continue
+                if ep.endpoint_id in failed:
+                    incomplete.add(service.name)
+                    rows.append(_row(service, ep, None, f"zones failed: {failed[ep.endpoint_id]}"))
+                    continue
+                if not ep.usable:
+                    rows.append(_row(service, ep, None, f"{ep.status}/{ep.connection}: not used"))
+                    continue
+                for zone in zones.get(ep.endpoint_id, []):
+                    rows.append(_row(service, ep, zone, zone.status))
+                    facts = {
+                        "zone": zone.zone_id,
+                        "endpoint": ep.endpoint_id,
+                        "eni": zone.eni_id,
+                        "status": zone.status,
+                    }
+                    if zone.usable and zone.eni_ip:
+                        v4.append(zone.eni_ip)
+                        detail.append({"ip": zone.eni_ip, **facts})
+                    if zone.usable and zone.ipv6:
+                        v6.append(zone.ipv6)
+                        detail.append({"ip": zone.ipv6, **facts})
+            addresses[service.name] = Addresses(tuple(v4), tuple(v6), "privatelink", tuple(detail))
+        self.rows = rows
+        errors = {k: str(v) for k, v in failed.items()}
+        return SourceResult(addresses, frozenset(incomplete), errors)
+
+
+def _row(service: Service, ep: Endpoint, zone: Zone | None, status: str) -> dict[str, str]:
+    return {
+        "service": service.name,
+        "domains": " ".join(service.domains),
+        "endpoint": ep.endpoint_id,
+        "zone": zone.zone_id if zone else "-",
+        "ip": " ".join(x for x in (zone.eni_ip, zone.ipv6) if x) if zone else "-",
+        "status": status,
+    }
+
+
+def build_credential(settings: PrivateLink) -> Any:
+    """The configured credentials file/profile, else the SDK's default credentials chain."""
+    from alibabacloud_credentials.client import Client as CredentialClient
+
+    creds = settings.credentials
+    provider = None
+    if creds.file:
+        from alibabacloud_credentials.provider.profile import ProfileCredentialsProvider
+
+        provider = ProfileCredentialsProvider(
+            profile_file=creds.file, profile_name=creds.profile or "default"
+        )
+    elif creds.profile:
+        from alibabacloud_credentials.provider.cli_profile import CLIProfileCredentialsProvider
+
+        provider = CLIProfileCredentialsProvider(profile_name=creds.profile)
+    return CredentialClient(provider=provider)
+
+
+def sdk_config(settings: PrivateLink, region: str, endpoint: str) -> Any:
+    """An OpenAPI client config: endpoint, protocol, proxy and timeouts (milliseconds)."""
+    from alibabacloud_tea_openapi import models as open_api_models
+
+    config = open_api_models.Config(
+        credential=build_credential(settings),
+        region_id=region,
+        endpoint=endpoint,
+        protocol=settings.protocol,
+        connect_timeout=int(settings.connect_timeout * 1000),
+        read_timeout=int(settings.read_timeout * 1000),
+    )
+    if settings.https_proxy:
+        config.https_proxy = settings.https_proxy
+        config.http_proxy = settings.https_proxy
+    return config
+
+
+def build_client(settings: PrivateLink, region: str) -> Any:
+    from alibabacloud_privatelink20200415.client import Client
+
+    return Client(sdk_config(settings, region, api_host(settings, region)))
+
+
+def api_host(settings: PrivateLink, region: str) -> str:
+    return settings.endpoint or f"privatelink.{region}.aliyuncs.com"

@@ -1,0 +1,84 @@
+"""Endpoint sources: where owned-name addresses come from (the seam the sync loop uses).
+
+A source's `fetch()` returns addresses per service, or None when nothing changed (the file
+source between edits), or raises SourceError with a bounded `reason`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pldns.snapshot import SnapshotError, read
+from pldns.table import Addresses
+
+# Reasons a round fails: these are metric label values, so the set is closed.
+REASONS = ("throttled", "auth", "timeout", "network", "server", "client", "invalid")
+
+
+class SourceError(Exception):
+    def __init__(
+        self, reason: str, message: str, request_id: str = "", retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason if reason in REASONS else "client"
+        self.message = message
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        rid = f" (request id {self.request_id})" if self.request_id else ""
+        return f"{self.reason}: {self.message}{rid}"
+
+
+@dataclass(frozen=True)
+class SourceResult:
+    addresses: Mapping[str, Addresses]
+    # Services whose data is partial (say one endpoint's zones failed): keep their old IPs.
+    incomplete: frozenset[str] = frozenset()
+    errors: Mapping[str, str] = field(default_factory=dict)
+    generated_at: float | None = None  # when the data was made, if the source knows
+
+
+class EndpointSource(Protocol):
+    kind: str
+
+    async def fetch(self) -> SourceResult | None: ...
+
+
+class FileSource:
+    """Follows a snapshot file written by someone else (a ConfigMap mount, a shared file).
+
+    Changes are seen by polling stat() of the path (following symlinks, so the kubelet's
+    `..data` symlink swap is a new inode). An invalid new file raises and the previous table
+    stays; the same bad file is not re-read until it changes again.
+    """
+
+    kind = "file"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    async def fetch(self) -> SourceResult | None:
+        sig = self._signature()
+        if sig is None:
+            self._seen = None
+            raise SourceError("invalid", f"{self.path} does not exist or cannot be read")
+        if sig == self._seen:
+            return None
+        self._seen = sig
+        try:
+            snap = read(self.path, origin="file")
+        except SnapshotError as err:
+            raise SourceError("invalid", f"{self.path}: {err}") from err
+        return SourceResult(snap.services, generated_at=snap.generated_at)

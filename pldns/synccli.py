@@ -1,0 +1,86 @@
+"""`pldns sync`: the sync loop alone (no DNS listener), publishing the snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from pldns.config import Config
+from pldns.privatelink import PrivateLinkSource, api_host
+from pldns.snapshot import FileSink, SnapshotSink
+from pldns.sourceconfig import SOURCE_PRIVATELINK
+from pldns.sync import Syncer, SyncState
+
+log = logging.getLogger("pldns.sync")
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def print_round(source: PrivateLinkSource, out: TextIO) -> None:
+    columns = ("service", "domains", "endpoint", "zone", "ip", "status")
+    rows = [[r[c] for c in columns] for r in source.rows]
+    seen = {r["service"] for r in source.rows}
+    for service in source.services:
+        if service.name not in seen and service.matcher is not None:
+            rows.append(
+                [service.name, " ".join(service.domains), "-", "-", "-",
+                 f"no endpoint matches {service.matcher.describe()}"]
+            )  # fmt: skip
+    rows.sort(key=lambda r: (r[0], r[2], r[3]))
+    print(format_table(columns, rows), file=out)
+
+
+def sinks_for(config: Config, out_path: str | None) -> list[SnapshotSink]:
+    path = out_path or config.sync.snapshot
+    return [FileSink(path)] if path else []
+
+
+async def run_sync(
+    config: Config,
+    once: bool,
+    sinks: list[SnapshotSink],
+    source: PrivateLinkSource | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    source = source or PrivateLinkSource(config.privatelink, config.region, config.services)
+    syncer = Syncer(config, source, lambda table: None, sinks, SyncState())
+    log.info(
+        "syncing from %s (VPC %s) every %gs, publishing to %s",
+        api_host(config.privatelink, source.region),
+        config.privatelink.vpc_id,
+        config.sync.interval,
+        ", ".join(s.name for s in sinks) or "nowhere",
+    )
+    if once:
+        ok = await syncer.round()
+        if ok:
+            print_round(source, out)
+            if source.rows and syncer.state.partial:
+                print("some endpoints failed; their services kept no new data", file=out)
+            return 0
+        print(f"sync failed: {syncer.state.last_error}", file=sys.stderr)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await syncer.run(stop)
+    return 0
+
+
+def check_sync_config(config: Config) -> str | None:
+    if config.sync.source != SOURCE_PRIVATELINK:
+        return "sync.source: expected privatelink for `pldns sync`"
+    return None
