@@ -1,12 +1,21 @@
-"""The running proxy: builds the parts from a Config, starts the listeners, stops cleanly."""
+"""The running proxy: builds the parts from a Config, starts them, reconfigures, stops.
+
+`App` owns the DNS side (listeners, resolver, forwarder, sync). Process concerns (signals,
+the HTTP endpoint, lame duck, the config file watch) live in pldns.supervisor.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import time
+from collections import Counter
 
 from pldns.acl import Acl
 from pldns.config import Config, HostPort
+from pldns.leak import LeakDetector
+from pldns.logs import QueryLog
 from pldns.resolvconf import upstream_addresses
 from pldns.resolver import Resolver
 from pldns.server import Frontend, Listener, TcpConnection
@@ -35,21 +44,37 @@ def make_sinks(config: Config) -> list[SnapshotSink]:
     return [FileSink(config.sync.snapshot)] if config.sync.snapshot else []
 
 
-class App:
-    """One pldns process: listeners, resolver, forwarder and their shared counters."""
+def config_version(config: Config, raw: bytes | None = None) -> str:
+    """A short stable id of a config: the file's bytes when known, else its parsed value."""
+    return hashlib.sha256(raw if raw is not None else repr(config).encode()).hexdigest()[:12]
 
-    def __init__(self, config: Config, upstreams: tuple[HostPort, ...] | None = None) -> None:
+
+def _sync_inputs(config: Config) -> tuple[object, ...]:
+    return (config.region, config.services, config.answers, config.sync, config.privatelink)
+
+
+class App:
+    """One pldns process: listeners, resolver, forwarder, sync and their shared counters."""
+
+    def __init__(
+        self,
+        config: Config,
+        upstreams: tuple[HostPort, ...] | None = None,
+        config_path: str | None = None,
+        version: str | None = None,
+    ) -> None:
         self.config = config
+        self.config_path = config_path
+        self.config_version = version or config_version(config)
+        self.config_loaded_at = time.time()
+        self.started_at = time.time()
+        self.reloads: Counter[str] = Counter()
         self.stats = Stats()
+        self.sync_state = SyncState()
         self.upstreams = upstream_addresses(config) if upstreams is None else upstreams
         self.resolver = Resolver(RecordTable(), config.answers.when_unknown, self.stats)
-        self.sync_state = SyncState()
-        self.syncer = Syncer(
-            config, make_source(config), self.swap_table, make_sinks(config), self.sync_state
-        )
-        self.syncer.start_static()
-        if config.sync.snapshot:
-            self.syncer.load_snapshot(config.sync.snapshot)
+        self.syncer = self._new_syncer(config, None)
+        self.leaks = LeakDetector(config.leaks) if config.leaks.enabled else None
         self.forwarder = Forwarder(self.upstreams, config.forward, self.stats)
         self.frontend = Frontend(
             self.resolver,
@@ -58,58 +83,109 @@ class App:
             config.deny,
             self.stats,
             config.forward.max_inflight,
+            leaks=self.leaks,
+            querylog=QueryLog(config.log.queries) if config.log.queries > 0 else None,
+            tcp=config.tcp,
         )
         self.listeners: list[Listener] = []
         self.connections: set[TcpConnection] = set()
         self.stopping = asyncio.Event()
         self.sync_task: asyncio.Task[None] | None = None
+        self.lame_duck = False
+        self.shutting_down = False
+
+    # -- building --------------------------------------------------------------------------
+
+    def _new_syncer(self, config: Config, previous: Syncer | None) -> Syncer:
+        """A syncer for `config`; it keeps the previous one's addresses if the source is the same."""
+        syncer = Syncer(
+            config, make_source(config), self.swap_table, make_sinks(config), self.sync_state
+        )
+        same_source = previous is not None and (
+            previous.config.sync.source,
+            previous.config.sync.file,
+            previous.config.privatelink,
+        ) == (config.sync.source, config.sync.file, config.privatelink)
+        if previous is not None and same_source and previous.source is not None:
+            names = {s.name for s in config.services if not s.static}
+            syncer.fed = {k: v for k, v in previous.fed.items() if k in names}
+            syncer.install(self.sync_state.origin or "static", self.sync_state.data_time)
+            return syncer
+        syncer.start_static()
+        if config.sync.snapshot:
+            syncer.load_snapshot(config.sync.snapshot)
+        return syncer
 
     def swap_table(self, table: RecordTable) -> None:
         """Replace the owned-name table whole; queries in progress keep the one they read."""
         self.resolver.table = table
 
+    # -- running ---------------------------------------------------------------------------
+
     async def start(self) -> None:
-        if self.syncer.source is not None and self.syncer.source.kind == SOURCE_FILE:
-            await self.syncer.round()  # a node resolver serves the mounted file from the start
+        await self._first_file_round()
         try:
             for address in self.config.listen:
                 listener = Listener(address)
-                await listener.start(self.frontend, self.config.tcp, self.connections)
+                await listener.start(self.frontend, self.connections)
                 self.listeners.append(listener)
         except OSError:
             self.close()
             raise
         log.info(
-            "serving on %s, forwarding to %s, %d owned names",
+            "serving on %s, forwarding to %s, %d owned names (%s)",
             ", ".join(str(a) for a in self.config.listen),
             ", ".join(str(u) for u in self.upstreams),
             len(self.resolver.table.names),
+            self.sync_state.origin or "static",
         )
+        self._start_sync()
+
+    async def _first_file_round(self) -> None:
+        if self.syncer.source is not None and self.syncer.source.kind == SOURCE_FILE:
+            await self.syncer.round()  # a node resolver serves the mounted file from the start
+
+    def _start_sync(self) -> None:
         if self.syncer.source is not None:
             self.sync_task = asyncio.get_running_loop().create_task(
                 self.syncer.run(self.stopping), name="sync"
             )
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: listeners bound, a table loaded, not shutting down."""
+        if self.lame_duck or self.shutting_down:
+            return False, "shutting down"
+        if not self.listeners:
+            return False, "listeners not bound"
+        if not self.resolver.table.loaded:
+            return False, "no table loaded yet (waiting for the snapshot, file or first sync)"
+        return True, "ready"
 
     async def run(self) -> None:
         await self.start()
         try:
             await self.stopping.wait()
         finally:
-            await self.stop()
+            await self.stop(self.config.lifecycle.drain)
 
     def request_stop(self) -> None:
         self.stopping.set()
 
     async def stop(self, drain: float = 5.0) -> None:
-        """Stop accepting, give in-flight queries `drain` seconds to finish, close."""
+        """Stop accepting, give in-flight queries `drain` seconds to finish, then close."""
+        self.shutting_down = True
+        self.stopping.set()
         if self.sync_task is not None:
             self.sync_task.cancel()
+        self.frontend.accepting = False
         for listener in self.listeners:
-            if listener.tcp is not None:
-                listener.tcp.close()
+            listener.stop_accepting()
         tasks = set(self.frontend.tasks)
         if tasks:
-            await asyncio.wait(tasks, timeout=drain)
+            log.info("draining %d in-flight queries (up to %gs)", len(tasks), drain)
+            _, pending = await asyncio.wait(tasks, timeout=drain)
+            if pending:
+                log.warning("%d queries still in flight after %gs, dropped", len(pending), drain)
         self.close()
 
     def close(self) -> None:
@@ -120,3 +196,55 @@ class App:
             if conn.transport is not None:
                 conn.transport.close()
         self.forwarder.close()
+
+    # -- reconfiguring ---------------------------------------------------------------------
+
+    async def apply(self, new: Config, version: str | None = None) -> None:
+        """Switch to a new config without a restart; on error nothing changes and it raises.
+
+        Listeners that stay keep running; new ones are bound before anything is swapped.
+        """
+        old = self.config
+        upstreams = upstream_addresses(new)  # ConfigError: keep the old config
+        kept = {lst.address: lst for lst in self.listeners if lst.address in new.listen}
+        added: list[Listener] = []
+        try:
+            for address in new.listen:
+                if address not in kept:
+                    listener = Listener(address)
+                    await listener.start(self.frontend, self.connections)
+                    added.append(listener)
+        except OSError:
+            for listener in added:
+                listener.close()
+            raise
+        for listener in self.listeners:
+            if listener.address not in kept:
+                listener.close()
+        self.listeners = [*kept.values(), *added]
+        if upstreams != self.upstreams or new.forward != old.forward:
+            retired = self.forwarder
+            self.forwarder = Forwarder(upstreams, new.forward, self.stats)
+            self.frontend.forwarder = self.forwarder
+            self.upstreams = upstreams
+            # Queries already sent on the old sockets finish within their deadline.
+            asyncio.get_running_loop().call_later(old.forward.deadline + 1, retired.close)
+        fe = self.frontend
+        if new.allow != old.allow:
+            fe.acl = Acl(new.allow)
+        fe.deny, fe.max_inflight, fe.tcp = new.deny, new.forward.max_inflight, new.tcp
+        fe.querylog = QueryLog(new.log.queries) if new.log.queries > 0 else None
+        if new.leaks != old.leaks:
+            self.leaks = LeakDetector(new.leaks) if new.leaks.enabled else None
+            fe.leaks = self.leaks
+        self.resolver.when_unknown = new.answers.when_unknown
+        self.config = new
+        if _sync_inputs(new) != _sync_inputs(old):
+            if self.sync_task is not None:
+                self.sync_task.cancel()
+                self.sync_task = None
+            self.syncer = self._new_syncer(new, self.syncer)
+            await self._first_file_round()
+            self._start_sync()
+        self.config_version = version or config_version(new)
+        self.config_loaded_at = time.time()

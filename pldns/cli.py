@@ -1,15 +1,15 @@
-"""The `pldns` command: serve, check, version."""
+"""The `pldns` command: serve, check, sync, discover, status, version."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from pldns import __version__
+from pldns import __version__, logs
 from pldns.config import Config, load_config
 from pldns.errors import ConfigError
 from pldns.resolvconf import upstream_addresses
@@ -25,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the DNS proxy")
     serve.add_argument("--config", "-c", required=True, help="YAML config file")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="overrides log.level"
+    )
     check = sub.add_parser("check", help="validate a config and show what would be served")
     check.add_argument("--config", "-c", required=True, help="YAML config file")
     sync = sub.add_parser("sync", help="run the PrivateLink sync alone and publish the snapshot")
@@ -35,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     discover = sub.add_parser("discover", help="list the VPC's endpoints and cloud zones")
     discover.add_argument("--config", "-c", required=True, help="YAML config file")
+    status = sub.add_parser("status", help="show a running pldns's state (exit 1 if not ready)")
+    status.add_argument("--url", help="HTTP endpoint, default from --config or 127.0.0.1:9153")
+    status.add_argument("--config", "-c", help="take the HTTP address from this config")
+    status.add_argument("--json", action="store_true", help="print the raw /status JSON")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -48,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command in ("sync", "discover"):
         return _cloud(args)
+    if args.command == "status":
+        return _status(args)
     return _serve(args.config, args.log_level)
 
 
@@ -69,10 +77,28 @@ def _cloud(args: argparse.Namespace) -> int:
     return asyncio.run(run_sync(config, args.once, sinks_for(config, args.out)))
 
 
+def _status(args: argparse.Namespace) -> int:
+    from pldns.status import status_command
+
+    url = args.url
+    if not url and args.config:
+        config = _load(args.config, upstreams=False)
+        if config is None:
+            return EXIT_CONFIG
+        if config.http.listen is None:
+            print("pldns: http.listen is off in that config: no status endpoint", file=sys.stderr)
+            return EXIT_CONFIG
+        host, port = config.http.listen
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    url = url or "http://127.0.0.1:9153"
+    if not url.startswith("http"):
+        url = "http://" + url
+    return status_command(url.rstrip("/"), args.json)
+
+
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(level)
 
 
 def _load(path: str, upstreams: bool = True) -> Config | None:
@@ -115,25 +141,26 @@ def _install_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _serve(path: str, level: str) -> int:
-    _setup_logging(level)
+def _serve(path: str, level: str | None) -> int:
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
+    logs.setup(level or config.log.level, config.log.format)
     _install_loop()
-    return asyncio.run(_run(config))
+    return asyncio.run(_run(config, path))
 
 
-async def _run(config: Config) -> int:
-    from pldns.app import App
+async def _run(config: Config, path: str) -> int:
+    from pldns.app import App, config_version
+    from pldns.supervisor import Supervisor
 
-    app = App(config)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, app.request_stop)
     try:
-        await app.run()
-    except OSError as err:
-        logging.getLogger("pldns").error("cannot listen: %s", err)
-        return 1
-    return 0
+        raw = Path(path).read_bytes()
+    except OSError:
+        raw = None
+    try:
+        app = App(config, config_path=path, version=config_version(config, raw))
+    except ConfigError as err:
+        logging.getLogger("pldns").error("invalid config: %s", "; ".join(err.problems))
+        return EXIT_CONFIG
+    return await Supervisor(app).run()

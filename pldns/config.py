@@ -14,6 +14,16 @@ from typing import Any
 import yaml
 
 from pldns.errors import ConfigError
+from pldns.opsconfig import (
+    Http,
+    Leaks,
+    Lifecycle,
+    Log,
+    parse_http,
+    parse_leaks,
+    parse_lifecycle,
+    parse_log,
+)
 from pldns.schema import (
     Problems,
     Section,
@@ -124,6 +134,10 @@ class Config:
     services: tuple[Service, ...] = ()
     sync: Sync = field(default_factory=Sync)
     privatelink: PrivateLink = field(default_factory=PrivateLink)
+    http: Http = field(default_factory=Http)
+    log: Log = field(default_factory=Log)
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    leaks: Leaks = field(default_factory=Leaks)
     source: str = ""  # the file it was read from, for messages
 
 
@@ -136,7 +150,16 @@ def load_config(path: str | Path) -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError([f"{path}: not valid YAML: {err}"]) from err
+        mark = getattr(err, "problem_mark", None)
+        lines = text.splitlines()
+        line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+        hint = (
+            "\n  hint: inside [...] a '{' starts a YAML mapping; quote templated names, "
+            'e.g. ["eci-vpc.{region}.aliyuncs.com"], or use a block list'
+            if "[" in line and "{" in line
+            else ""
+        )
+        raise ConfigError([f"{path}: not valid YAML: {err}{hint}"]) from err
     return parse_config(data, source=str(path))
 
 
@@ -164,6 +187,10 @@ def parse_config(data: Any, source: str = "") -> Config:
     privatelink = parse_privatelink(top.section("privatelink"), region)
     if sync.source == SOURCE_PRIVATELINK:
         _check_privatelink(privatelink, services, problems)
+    http = parse_http(top.section("http"))
+    log = parse_log(top.section("log"))
+    lifecycle = parse_lifecycle(top.section("lifecycle"))
+    leaks = parse_leaks(top.section("leaks"))
     top.close()
     if problems.items:
         raise ConfigError(problems.items)
@@ -179,6 +206,10 @@ def parse_config(data: Any, source: str = "") -> Config:
         services=tuple(services),
         sync=sync,
         privatelink=privatelink,
+        http=http,
+        log=log,
+        lifecycle=lifecycle,
+        leaks=leaks,
         source=source,
     )
 
@@ -258,11 +289,7 @@ def _services(s: Section, region: str, problems: Problems) -> list[Service]:
             continue
         body = Section(s.data[name], path, problems)
         domains = body.listed("domains", lambda p, v: expand_domain(problems, p, v, region), None)
-        if (
-            body.has("domains")
-            and not domains
-            and not any(i.startswith(join(path, "domains")) for i in problems.items)
-        ):
+        if not domains and not any(i.startswith(join(path, "domains")) for i in problems.items):
             problems.add(join(path, "domains"), "expected at least one domain")
         static = body.listed("static", lambda p, v: parse_ip(problems, p, v), [])
         matcher = parse_matcher(

@@ -11,7 +11,7 @@ import sys
 from typing import Any, TextIO
 
 from pldns.config import Config
-from pldns.privatelink import PrivateLinkSource, classify, sdk_config
+from pldns.privatelink import PrivateLinkSource, classify, quiet_sdk_logging, sdk_config
 from pldns.source import SourceError
 from pldns.synccli import format_table
 
@@ -23,6 +23,7 @@ def build_pvtz_client(config: Config) -> Any:
     """A PrivateZone client with the same credentials, protocol, proxy and timeouts."""
     from alibabacloud_pvtz20180101.client import Client
 
+    quiet_sdk_logging()
     pl = config.privatelink
     return Client(sdk_config(pl, pl.region or config.region, pl.pvtz_endpoint or PVTZ_HOST))
 

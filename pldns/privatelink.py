@@ -296,8 +296,21 @@ def sdk_config(settings: PrivateLink, region: str, endpoint: str) -> Any:
     return config
 
 
+def quiet_sdk_logging() -> None:
+    """darabonba-core adds its own DEBUG stderr handler at import, which with DEBUG=sdk in the
+    environment prints whole requests (an STS token included). Route it through our handlers
+    (and their redaction) at WARNING instead."""
+    sdk_log = logging.getLogger("darabonba-core")
+    for handler in list(sdk_log.handlers):
+        sdk_log.removeHandler(handler)
+    sdk_log.setLevel(logging.WARNING)
+    sdk_log.propagate = True
+
+
 def build_client(settings: PrivateLink, region: str) -> Any:
     from alibabacloud_privatelink20200415.client import Client
+
+    quiet_sdk_logging()
 
     return Client(sdk_config(settings, region, api_host(settings, region)))
 

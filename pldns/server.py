@@ -16,11 +16,21 @@ from collections.abc import Callable
 
 from pldns.acl import Acl
 from pldns.config import HostPort, Tcp
-from pldns.errors import REFUSED, SERVFAIL, DnsError, Drop
+from pldns.errors import REFUSED, SERVFAIL, DnsError, Drop, rcode_name
+from pldns.leak import LeakDetector
+from pldns.logs import QueryLog
 from pldns.resolver import SOURCE_LOCAL, SOURCE_UPSTREAM, Local, Resolver
-from pldns.stats import Stats
+from pldns.stats import Stats, qtype_label
 from pldns.upstream import Forwarder
-from pldns.wire import TCP_MAX, build_error, scan_query, truncate, udp_limit
+from pldns.wire import (
+    TCP_MAX,
+    Query,
+    build_error,
+    decode_name,
+    scan_query,
+    truncate,
+    udp_limit,
+)
 
 log = logging.getLogger("pldns.server")
 
@@ -39,6 +49,9 @@ class Frontend:
         deny: str,
         stats: Stats,
         max_inflight: int,
+        leaks: LeakDetector | None = None,
+        querylog: QueryLog | None = None,
+        tcp: Tcp | None = None,
     ) -> None:
         self.resolver = resolver
         self.forwarder = forwarder
@@ -46,39 +59,66 @@ class Frontend:
         self.deny = deny
         self.stats = stats
         self.max_inflight = max_inflight
+        self.leaks = leaks
+        self.querylog = querylog
+        self.tcp = tcp or Tcp()  # read when a connection opens, so a reload applies to new ones
+        self.accepting = True  # False once shutdown starts: new queries are ignored
         self.tasks: set[asyncio.Task[None]] = set()
 
     def handle(self, data: bytes, host: str, proto: str, send: Send) -> bool:
         """Reply through `send` now or later; False when the packet gets no reply at all."""
         start = time.perf_counter()
-        stats = self.stats
+        if not self.accepting:
+            return False
         if not self.acl.allowed(host):
-            return self._deny(data, send)
+            return self._deny(data, host, proto, send, start)
         try:
             result = self.resolver.resolve(data, proto)
         except Drop as drop:
-            stats.dropped[drop.reason] += 1
+            self.stats.dropped[drop.reason] += 1
             return False
         if type(result) is Local:
-            send(result.reply)
-            stats.respond(result.reply, result.source, time.perf_counter() - start)
+            self._reply(data, result.reply, result.source, start, host, proto, send)
             return True
-        q = result  # a Query to forward
-        if stats.inflight >= self.max_inflight:
-            stats.rejected_inflight += 1
-            reply = build_error(data, REFUSED, q.qend, q.opt)  # type: ignore[union-attr]
-            send(reply)
-            stats.respond(reply, SOURCE_LOCAL, time.perf_counter() - start)
+        q: Query = result  # type: ignore[assignment]
+        if self.stats.inflight >= self.max_inflight:
+            self.stats.rejected_inflight += 1
+            reply = build_error(data, REFUSED, q.qend, q.opt)
+            self._reply(data, reply, SOURCE_LOCAL, start, host, proto, send)
             return True
-        stats.inflight += 1
+        self.stats.inflight += 1
         task = asyncio.get_running_loop().create_task(
-            self._forward(data, q, proto, send, start)  # type: ignore[arg-type]
+            self._forward(data, q, host, proto, send, start)
         )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return True
 
-    async def _forward(self, data: bytes, q, proto: str, send: Send, start: float) -> None:  # type: ignore[no-untyped-def]
+    def _reply(
+        self,
+        data: bytes,
+        reply: bytes,
+        source: str,
+        start: float,
+        host: str,
+        proto: str,
+        send: Send,
+    ) -> None:
+        send(reply)
+        seconds = time.perf_counter() - start
+        self.stats.respond(reply, source, seconds)
+        if self.querylog is not None and self.querylog.sampled():
+            try:
+                q = scan_query(data)
+                name, qtype = decode_name(q.qname), qtype_label(q.qtype)
+            except (Drop, DnsError):
+                name, qtype = "-", "invalid"
+            rcode = rcode_name(reply[3] & 0x0F)
+            self.querylog.write(host, proto, name, qtype, rcode, seconds * 1000, source)
+
+    async def _forward(
+        self, data: bytes, q: Query, host: str, proto: str, send: Send, start: float
+    ) -> None:
         try:
             limit = udp_limit(q) if proto == "udp" else TCP_MAX
             reply = await self.forwarder.forward(data, q, limit)
@@ -86,27 +126,24 @@ class Frontend:
                 reply = build_error(data, SERVFAIL, q.qend, q.opt)
                 source = SOURCE_LOCAL
             else:
+                if self.leaks is not None and self.leaks.watches(q.qname):
+                    self.leaks.inspect(q.qname, reply, q.qend)
                 reply = data[:2] + reply[2:]
                 if len(reply) > limit:
                     reply = truncate(reply, q.qend, q.opt)
                 source = SOURCE_UPSTREAM
-            send(reply)
-            self.stats.respond(reply, source, time.perf_counter() - start)
         except DnsError as err:  # a malformed EDNS option found while rewriting
-            reply = build_error(data, err.rcode, q.qend, q.opt)
-            send(reply)
-            self.stats.respond(reply, SOURCE_LOCAL, time.perf_counter() - start)
+            reply, source = build_error(data, err.rcode, q.qend, q.opt), SOURCE_LOCAL
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("forwarding failed unexpectedly")
-            reply = build_error(data, SERVFAIL, q.qend, q.opt)
-            send(reply)
-            self.stats.respond(reply, SOURCE_LOCAL, time.perf_counter() - start)
+            reply, source = build_error(data, SERVFAIL, q.qend, q.opt), SOURCE_LOCAL
         finally:
             self.stats.inflight -= 1
+        self._reply(data, reply, source, start, host, proto, send)
 
-    def _deny(self, data: bytes, send: Send) -> bool:
+    def _deny(self, data: bytes, host: str, proto: str, send: Send, start: float) -> bool:
         """A client outside `allow`: REFUSED (counted as a local reply) or silence (dropped)."""
         if self.deny == "drop":
             self.stats.dropped["acl"] += 1
@@ -117,8 +154,7 @@ class Frontend:
             self.stats.dropped["acl"] += 1
             return False
         reply = build_error(data, REFUSED, q.qend, q.opt)
-        send(reply)
-        self.stats.respond(reply, SOURCE_LOCAL, 0.0)
+        self._reply(data, reply, SOURCE_LOCAL, start, host, proto, send)
         return True
 
 
@@ -146,9 +182,9 @@ class UdpListener(asyncio.DatagramProtocol):
 class TcpConnection(asyncio.Protocol):
     """One client connection (RFC 7766): framed, pipelined, answered out of order."""
 
-    def __init__(self, frontend: Frontend, settings: Tcp, registry: set[TcpConnection]) -> None:
+    def __init__(self, frontend: Frontend, registry: set[TcpConnection]) -> None:
         self.frontend = frontend
-        self.settings = settings
+        self.settings = frontend.tcp
         self.registry = registry
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -252,7 +288,7 @@ class Listener:
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.Server | None = None
 
-    async def start(self, frontend: Frontend, settings: Tcp, registry: set[TcpConnection]) -> None:
+    async def start(self, frontend: Frontend, registry: set[TcpConnection]) -> None:
         loop = asyncio.get_running_loop()
         udp_sock = bind_socket(self.address, socket.SOCK_DGRAM)
         tcp_sock = bind_socket(self.address, socket.SOCK_STREAM)
@@ -261,13 +297,18 @@ class Listener:
                 lambda: UdpListener(frontend), sock=udp_sock
             )
             self.tcp = await loop.create_server(
-                lambda: TcpConnection(frontend, settings, registry), sock=tcp_sock, backlog=1024
+                lambda: TcpConnection(frontend, registry), sock=tcp_sock, backlog=1024
             )
         except BaseException:
             udp_sock.close()
             tcp_sock.close()
             self.close()
             raise
+
+    def stop_accepting(self) -> None:
+        """Close the TCP listening socket; UDP stays open so in-flight replies can go out."""
+        if self.tcp is not None:
+            self.tcp.close()
 
     def close(self) -> None:
         if self.udp is not None:

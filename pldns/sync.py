@@ -158,7 +158,7 @@ class Syncer:
                 "endpoint %s skipped this round, kept its last addresses: %s", endpoint, error
             )
         self.state.partial = dict(result.errors)
-        changed = fed != self.fed
+        changed = _content(fed) != _content(self.fed)
         self.fed = fed
         if changed or self.state.origin in ("", "static", "snapshot"):
             self.install(
@@ -229,6 +229,14 @@ class Syncer:
             ok = await self.round()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.delay(ok))
+
+
+def _content(addresses: Mapping[str, Addresses]) -> dict[str, tuple[object, ...]]:
+    """What is served, ignoring where it was read from (a snapshot vs the API)."""
+    return {
+        k: (sorted(v.v4), sorted(v.v6), sorted(tuple(sorted(d.items())) for d in v.detail))
+        for k, v in addresses.items()
+    }
 
 
 def summarize(addresses: Mapping[str, Addresses]) -> str:

@@ -219,7 +219,7 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + self.settings.deadline
-        question = data[HEADER_LEN : q.qend].lower()
+        question = q.qname + data[q.qend - 4 : q.qend]  # name lower-cased, type/class as sent
         sent_limit = OUR_PAYLOAD if q.opt is not None else UDP_MIN
         ups = self.order(time.monotonic())
         attempts = max(3, 2 * len(ups))

@@ -263,8 +263,8 @@ def strip_hop_by_hop(options: bytes) -> bytes:
 def reply_matches(reply: bytes, qid: int, question: bytes) -> bool:
     """An upstream reply is ours only if it is a response with our ID and our question.
 
-    `question` is the lower-cased question we sent (name, type, class); the name is
-    compared case-insensitively, since a server may answer with other case (RFC 4343).
+    `question` is the question we sent with its name lower-cased; the name is compared
+    case-insensitively (a server may answer in other case, RFC 4343), type and class exactly.
     """
     n = len(question)
     return (
@@ -274,7 +274,8 @@ def reply_matches(reply: bytes, qid: int, question: bytes) -> bool:
         and reply[2] & 0x80 != 0
         and reply[4] == 0
         and reply[5] == 1
-        and reply[HEADER_LEN : HEADER_LEN + n].lower() == question
+        and reply[HEADER_LEN : HEADER_LEN + n - 4].lower() == question[:-4]
+        and reply[HEADER_LEN + n - 4 : HEADER_LEN + n] == question[-4:]
     )
 
 

@@ -1,0 +1,345 @@
+"""The Prometheus exporter: every metric pldns exports, read from plain counters at scrape time.
+
+The hot path bumps ints and Counters (see stats.py); nothing there touches prometheus-client.
+When /metrics is scraped, `AppCollector.collect` walks the running App and yields metric
+families built fresh from those values. `METRICS` is the one documented list: a test checks
+that exactly these families are exported and that the README's Metrics table names them all.
+
+Labels are bounded: protocol, query type (a fixed list, else "other"), RCODE, reply source,
+the configured upstreams and services, and closed sets of failure reasons. No client address,
+query name or secret ever becomes a label.
+"""
+
+from __future__ import annotations
+
+import platform
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+import pldns
+from pldns.resolver import SOURCE_LOCAL, SOURCE_OWNED, SOURCE_UPSTREAM
+from pldns.source import REASONS as SYNC_FAILURE_REASONS
+from pldns.stats import Histogram
+
+if TYPE_CHECKING:
+    from pldns.app import App
+
+COUNTER = "counter"
+GAUGE = "gauge"
+HISTOGRAM = "histogram"
+INFO = "info"
+
+# Label values that are always exported (as 0 until they happen), so alerts and rate()
+# work from the first scrape.
+SOURCES = (SOURCE_OWNED, SOURCE_UPSTREAM, SOURCE_LOCAL)
+FORWARD_FAILURE_REASONS = ("timeout", "error", "servfail", "refused")
+DROP_REASONS = ("runt", "response", "acl")
+RELOAD_RESULTS = ("success", "failure")
+FAMILIES = ("ipv4", "ipv6")
+
+# name -> (type, help). The order is the order of docs/metrics.md and the README table.
+METRICS: dict[str, tuple[str, str]] = {
+    "pldns_dns_requests_total": (
+        COUNTER,
+        "DNS queries received, by transport (udp, tcp) and query type (other for rare types).",
+    ),
+    "pldns_dns_responses_total": (
+        COUNTER,
+        "DNS replies sent, by RCODE and source (owned: from the table, upstream: relayed, "
+        "local: an error made here).",
+    ),
+    "pldns_dns_request_duration_seconds": (
+        HISTOGRAM,
+        "Time from receiving a query to sending its reply, by source.",
+    ),
+    "pldns_dns_inflight": (GAUGE, "Queries being handled right now."),
+    "pldns_dns_inflight_rejected_total": (
+        COUNTER,
+        "Queries refused because forward.max_inflight queries were already in flight.",
+    ),
+    "pldns_dns_dropped_total": (
+        COUNTER,
+        "Packets that got no reply, by reason (runt, response, acl).",
+    ),
+    "pldns_tcp_connections_total": (COUNTER, "TCP connections accepted."),
+    "pldns_tcp_rejected_total": (
+        COUNTER,
+        "TCP connections closed at once because tcp.max_connections were open.",
+    ),
+    "pldns_tcp_open_connections": (GAUGE, "TCP connections open right now."),
+    "pldns_forward_requests_total": (
+        COUNTER,
+        "Queries sent to each upstream (UDP attempts and TCP retries).",
+    ),
+    "pldns_forward_failures_total": (
+        COUNTER,
+        "Upstream attempts that failed, by upstream and reason (timeout, error, servfail, "
+        "refused).",
+    ),
+    "pldns_forward_request_duration_seconds": (
+        HISTOGRAM,
+        "Round-trip time of successful upstream queries, by upstream.",
+    ),
+    "pldns_forward_healthy": (
+        GAUGE,
+        "1 if the upstream is in rotation, 0 while it is backed off after repeated failures.",
+    ),
+    "pldns_sync_attempts_total": (COUNTER, "Sync rounds started."),
+    "pldns_sync_failures_total": (
+        COUNTER,
+        "Sync rounds that failed, by reason (throttled, auth, timeout, network, server, "
+        "client, invalid).",
+    ),
+    "pldns_sync_last_success_timestamp_seconds": (
+        GAUGE,
+        "Unix time of the last successful sync round (0 if none yet).",
+    ),
+    "pldns_sync_duration_seconds": (GAUGE, "How long the last sync round took."),
+    "pldns_sync_consecutive_failures": (
+        GAUGE,
+        "Sync rounds failed in a row (0 after a success).",
+    ),
+    "pldns_snapshot_age_seconds": (
+        GAUGE,
+        "Age of the owned-name data being served (since its source produced it); -1 if unknown.",
+    ),
+    "pldns_snapshot_writes_total": (COUNTER, "Snapshots written (last-known-good persisted)."),
+    "pldns_snapshot_errors_total": (
+        COUNTER,
+        "Snapshots that could not be written or read.",
+    ),
+    "pldns_owned_ips": (
+        GAUGE,
+        "Addresses served for each configured service, by address family (ipv4, ipv6).",
+    ),
+    "pldns_owned_names": (GAUGE, "Names answered from the owned-name table."),
+    "pldns_config_reloads_total": (
+        COUNTER,
+        "Config reloads, by result (success, failure: the old config is kept).",
+    ),
+    "pldns_config_last_reload_timestamp_seconds": (
+        GAUGE,
+        "Unix time the config in use was loaded.",
+    ),
+    "pldns_leaks_total": (
+        COUNTER,
+        "Forwarded answers for a watched suffix that pointed into a conflict range.",
+    ),
+    "pldns_leaked_names": (GAUGE, "Distinct names seen leaking (up to the remembered limit)."),
+    "pldns_ready": (GAUGE, "1 if /readyz reports ready, else 0."),
+    "pldns_build_info": (INFO, "pldns version and Python version (value is always 1)."),
+}
+
+
+def _cumulative(hist: Histogram) -> list[tuple[str, float]]:
+    """Per-bucket counts (the last is the +Inf overflow) -> Prometheus cumulative buckets."""
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip(hist.buckets, hist.counts, strict=False):
+        running += count
+        out.append((_le(bound), float(running)))
+    out.append(("+Inf", float(hist.count)))
+    return out
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def _ordered(seen: Iterable[str], always: Iterable[str]) -> list[str]:
+    """The always-exported label values, then any others seen, in a stable order."""
+    first = list(always)
+    return first + sorted(set(seen) - set(first))
+
+
+class AppCollector(Collector):
+    """Builds every family in METRICS from a running App when the registry is scraped."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def describe(self) -> Iterator[Metric]:
+        """Names only, so registering never calls collect() on a half-built App."""
+        for name, (kind, doc) in METRICS.items():
+            yield _family(name, kind, doc, [])
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for family in (
+            *self._dns(),
+            *self._forward(),
+            *self._sync(),
+            *self._table(),
+            *self._process(),
+        ):
+            families[family.name] = family
+        for name in METRICS:
+            yield families[_family_key(name)]
+
+    # -- DNS side ------------------------------------------------------------------------
+
+    def _dns(self) -> Iterator[Metric]:
+        app = self.app
+        stats = app.stats
+        requests = _counter("pldns_dns_requests_total", ["proto", "type"])
+        for (proto, qtype), n in sorted(stats.requests.items()):
+            requests.add_metric([proto, qtype], n)
+        yield requests
+        responses = _counter("pldns_dns_responses_total", ["rcode", "source"])
+        for (rcode, source), n in sorted(stats.responses.items()):
+            responses.add_metric([rcode, source], n)
+        yield responses
+        duration = _histogram("pldns_dns_request_duration_seconds", ["source"])
+        for source in _ordered(stats.duration, SOURCES):
+            hist = stats.duration.get(source) or Histogram()
+            duration.add_metric([source], _cumulative(hist), hist.total)
+        yield duration
+        yield _gauge("pldns_dns_inflight", stats.inflight)
+        yield _counter("pldns_dns_inflight_rejected_total", value=stats.rejected_inflight)
+        dropped = _counter("pldns_dns_dropped_total", ["reason"])
+        for reason in _ordered(stats.dropped, DROP_REASONS):
+            dropped.add_metric([reason], stats.dropped.get(reason, 0))
+        yield dropped
+        yield _counter("pldns_tcp_connections_total", value=stats.tcp_connections)
+        yield _counter("pldns_tcp_rejected_total", value=stats.tcp_rejected)
+        yield _gauge("pldns_tcp_open_connections", len(app.connections))
+
+    def _forward(self) -> Iterator[Metric]:
+        requests = _counter("pldns_forward_requests_total", ["upstream"])
+        failures = _counter("pldns_forward_failures_total", ["upstream", "reason"])
+        duration = _histogram("pldns_forward_request_duration_seconds", ["upstream"])
+        healthy = _gauge("pldns_forward_healthy", labels=["upstream"])
+        for upstream in self.app.forwarder.upstreams:
+            name = upstream.name
+            st = upstream.stats
+            requests.add_metric([name], st.requests)
+            for reason in _ordered(st.failures, FORWARD_FAILURE_REASONS):
+                failures.add_metric([name, reason], st.failures.get(reason, 0))
+            duration.add_metric([name], _cumulative(st.duration), st.duration.total)
+            healthy.add_metric([name], 1 if st.healthy else 0)
+        yield from (requests, failures, duration, healthy)
+
+    # -- sync and the table --------------------------------------------------------------
+
+    def _sync(self) -> Iterator[Metric]:
+        st = self.app.sync_state
+        yield _counter("pldns_sync_attempts_total", value=st.attempts)
+        failures = _counter("pldns_sync_failures_total", ["reason"])
+        for reason in _ordered(st.failures, SYNC_FAILURE_REASONS):
+            failures.add_metric([reason], st.failures.get(reason, 0))
+        yield failures
+        yield _gauge("pldns_sync_last_success_timestamp_seconds", st.last_success or 0)
+        yield _gauge("pldns_sync_duration_seconds", st.last_duration)
+        yield _gauge("pldns_sync_consecutive_failures", st.consecutive_failures)
+        age = st.age()
+        yield _gauge("pldns_snapshot_age_seconds", -1 if age is None else age)
+        yield _counter("pldns_snapshot_writes_total", value=st.snapshot_writes)
+        yield _counter("pldns_snapshot_errors_total", value=st.snapshot_errors)
+
+    def _table(self) -> Iterator[Metric]:
+        table = self.app.resolver.table
+        services: Mapping[str, Any] = table.services
+        configured = [s.name for s in self.app.config.services]
+        owned = _gauge("pldns_owned_ips", labels=["service", "family"])
+        for name in _ordered(services, configured):
+            addrs = services.get(name)
+            owned.add_metric([name, "ipv4"], len(addrs.v4) if addrs else 0)
+            owned.add_metric([name, "ipv6"], len(addrs.v6) if addrs else 0)
+        yield owned
+        yield _gauge("pldns_owned_names", len(table.names))
+
+    # -- the process ---------------------------------------------------------------------
+
+    def _process(self) -> Iterator[Metric]:
+        app = self.app
+        reloads = _counter("pldns_config_reloads_total", ["result"])
+        for result in _ordered(app.reloads, RELOAD_RESULTS):
+            reloads.add_metric([result], app.reloads.get(result, 0))
+        yield reloads
+        yield _gauge("pldns_config_last_reload_timestamp_seconds", app.config_loaded_at or 0)
+        leaks = app.leaks  # None when leak detection is off
+        yield _counter("pldns_leaks_total", value=leaks.total if leaks is not None else 0)
+        yield _gauge("pldns_leaked_names", len(leaks.names) if leaks is not None else 0)
+        ready, _reason = app.ready()
+        yield _gauge("pldns_ready", 1 if ready else 0)
+        info = InfoMetricFamily("pldns_build", METRICS["pldns_build_info"][1], labels=[])
+        info.add_metric([], {"version": pldns.__version__, "python": platform.python_version()})
+        yield info
+
+
+# -- family constructors -------------------------------------------------------------------
+
+
+def _help(name: str) -> str:
+    return METRICS[name][1]
+
+
+def _counter(
+    name: str, labels: list[str] | None = None, value: float | None = None
+) -> CounterMetricFamily:
+    if value is not None:
+        return CounterMetricFamily(name, _help(name), value=value)
+    return CounterMetricFamily(name, _help(name), labels=labels or [])
+
+
+def _gauge(
+    name: str, value: float | None = None, labels: list[str] | None = None
+) -> GaugeMetricFamily:
+    if value is not None:
+        return GaugeMetricFamily(name, _help(name), value=value)
+    return GaugeMetricFamily(name, _help(name), labels=labels or [])
+
+
+def _histogram(name: str, labels: list[str]) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, _help(name), labels=labels)
+
+
+def _family(name: str, kind: str, doc: str, labels: list[str]) -> Metric:
+    if kind == COUNTER:
+        return CounterMetricFamily(name, doc, labels=labels)
+    if kind == GAUGE:
+        return GaugeMetricFamily(name, doc, labels=labels)
+    if kind == HISTOGRAM:
+        return HistogramMetricFamily(name, doc, labels=labels)
+    return InfoMetricFamily(_family_key(name), doc, labels=labels)
+
+
+def _family_key(name: str) -> str:
+    """The family name prometheus-client uses internally (suffixes _total/_info stripped)."""
+    kind = METRICS[name][0]
+    if kind == COUNTER and name.endswith("_total"):
+        return name[: -len("_total")]
+    if kind == INFO and name.endswith("_info"):
+        return name[: -len("_info")]
+    return name
+
+
+# -- rendering -----------------------------------------------------------------------------
+
+_registries: weakref.WeakKeyDictionary[App, CollectorRegistry] = weakref.WeakKeyDictionary()
+
+
+def registry_for(app: App) -> CollectorRegistry:
+    """A private registry holding one AppCollector per App (made on first use, then reused)."""
+    registry = _registries.get(app)
+    if registry is None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(AppCollector(app))
+        _registries[app] = registry
+    return registry
+
+
+def render(app: App) -> tuple[bytes, str]:
+    """The /metrics body in the Prometheus text format, and its content type."""
+    return generate_latest(registry_for(app)), CONTENT_TYPE_LATEST

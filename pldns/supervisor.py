@@ -1,0 +1,211 @@
+"""The process lifecycle around an App: signals, HTTP endpoint, reloads, lame duck, drain.
+
+Signal handlers only set flags. SIGHUP (or a change to the config file) reloads; an invalid
+new config is logged and counted and the old one keeps running. SIGTERM/SIGINT start the
+shutdown: lame duck (/readyz fails, DNS still answers), stop accepting, drain in-flight
+queries, exit 0. A second SIGTERM/SIGINT skips what is left and exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+from pldns import logs
+from pldns.app import App, config_version
+from pldns.config import load_config
+from pldns.errors import ConfigError
+from pldns.httpapi import HttpApi, Route
+from pldns.notify import notify
+
+log = logging.getLogger("pldns")
+
+READY_POLL = 0.2
+
+
+def file_signature(path: str) -> tuple[int, int, int] | None:
+    """Inode, mtime and size of the file behind `path` (symlinks followed: ConfigMap swaps)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class Supervisor:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.reload_wanted = asyncio.Event()
+        self.stop_wanted = asyncio.Event()
+        self.force = asyncio.Event()
+        self.signals = 0
+        self.http: HttpApi | None = None
+        self._watched = file_signature(app.config_path) if app.config_path else None
+
+    # -- signal handlers: flags only -------------------------------------------------------
+
+    def on_stop_signal(self) -> None:
+        self.signals += 1
+        self.stop_wanted.set()
+        if self.signals > 1:
+            self.force.set()
+
+    def on_reload_signal(self) -> None:
+        self.reload_wanted.set()
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def routes(self) -> dict[str, Route]:
+        from pldns.metrics import render
+        from pldns.status import build_status
+
+        app = self.app
+
+        def healthz() -> tuple[int, str, bytes]:
+            return 200, "text/plain", b"ok\n"  # answered by the event loop: it is alive
+
+        def readyz() -> tuple[int, str, bytes]:
+            ok, reason = app.ready()
+            return (200 if ok else 503), "text/plain", (reason + "\n").encode()
+
+        def metrics() -> tuple[int, str, bytes]:
+            body, ctype = render(app)
+            return 200, ctype, body
+
+        def status() -> tuple[int, str, bytes]:
+            body = json.dumps(build_status(app), indent=2, default=str).encode() + b"\n"
+            return 200, "application/json", body
+
+        return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics, "/status": status}
+
+    async def start_http(self) -> None:
+        listen = self.app.config.http.listen
+        if listen is None:
+            return
+        self.http = HttpApi(self.routes())
+        await self.http.start(*listen)
+        log.info("HTTP endpoint on %s:%d (/metrics /healthz /readyz /status)", *listen)
+
+    # -- reload ------------------------------------------------------------------------------
+
+    async def reload(self, why: str) -> bool:
+        app = self.app
+        path = app.config_path
+        if not path:
+            return False
+        old_http = app.config.http
+        try:
+            raw = Path(path).read_bytes()
+            new = load_config(path)
+            await app.apply(new, config_version(new, raw))
+        except ConfigError as err:
+            app.reloads["failure"] += 1
+            log.error(
+                "reload (%s) rejected, still running the old config: %s",
+                why,
+                "; ".join(err.problems),
+            )
+            return False
+        except OSError as err:
+            app.reloads["failure"] += 1
+            log.error("reload (%s) failed, still running the old config: %s", why, err)
+            return False
+        app.reloads["success"] += 1
+        logs.setup(new.log.level, new.log.format)
+        log.info("config reloaded (%s), version %s", why, app.config_version)
+        if new.http != old_http:
+            if self.http is not None:
+                await self.http.close()
+                self.http = None
+            await self.start_http()
+        return True
+
+    async def watch(self) -> None:
+        """Reload on SIGHUP, or when the config file changes (polled)."""
+        while True:
+            poll = self.app.config.lifecycle.reload_poll
+            timeout = poll if poll > 0 else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.reload_wanted.wait(), timeout)
+            if self.reload_wanted.is_set():
+                self.reload_wanted.clear()
+                self._watched = file_signature(self.app.config_path or "")
+                await self.reload("SIGHUP")
+                continue
+            sig = file_signature(self.app.config_path or "")
+            if sig is not None and sig != self._watched:
+                self._watched = sig
+                await self.reload("file changed")
+
+    async def announce_ready(self) -> None:
+        while not self.app.ready()[0]:
+            await asyncio.sleep(READY_POLL)
+        log.info("ready")
+        notify("READY=1")
+
+    # -- the whole life ----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self.on_reload_signal)
+        app = self.app
+        try:
+            await self.start_http()
+            await app.start()
+        except OSError as err:
+            log.error("cannot listen: %s", err)
+            app.close()
+            await self._close_http()
+            return 1
+        helpers = [
+            loop.create_task(self.announce_ready(), name="ready"),
+            loop.create_task(self.watch(), name="config-watch"),
+        ]
+        await self.stop_wanted.wait()
+        for task in helpers:
+            task.cancel()
+        code = await self.shutdown()
+        await self._close_http()
+        return code
+
+    async def _interruptible(self, coro: object, timeout: float | None = None) -> bool:
+        """Run a shutdown step; False if a second signal came first."""
+        step = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        forced = asyncio.ensure_future(self.force.wait())
+        done, _ = await asyncio.wait(
+            {step, forced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        for fut in (step, forced):
+            if fut not in done:
+                fut.cancel()
+        return forced not in done
+
+    async def shutdown(self) -> int:
+        app = self.app
+        lc = app.config.lifecycle
+        notify("STOPPING=1")
+        app.lame_duck = True
+        log.info("shutting down: lame duck for %gs (not ready, still answering)", lc.lame_duck)
+        if not await self._interruptible(asyncio.sleep(lc.lame_duck)):
+            return self._forced()
+        if not await self._interruptible(app.stop(lc.drain)):
+            return self._forced()
+        log.info("stopped")
+        return 0
+
+    def _forced(self) -> int:
+        log.warning("second signal: exiting now")
+        self.app.close()
+        return 1
+
+    async def _close_http(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
