@@ -17,7 +17,8 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -341,5 +342,9 @@ def registry_for(app: App) -> CollectorRegistry:
 
 
 def render(app: App) -> tuple[bytes, str]:
-    """The /metrics body in the Prometheus text format, and its content type."""
-    return generate_latest(registry_for(app)), CONTENT_TYPE_LATEST
+    """The /metrics body in the Prometheus text format, and its content type.
+
+    Every name is a legacy (ASCII) Prometheus name, so the body is the classic 0.0.4 text
+    format and is labelled as such: every scraper version understands it.
+    """
+    return generate_latest(registry_for(app)), CONTENT_TYPE_PLAIN_0_0_4

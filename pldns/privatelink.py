@@ -90,9 +90,10 @@ def classify(err: BaseException) -> SourceError:
         return SourceError("server", f"{code} (HTTP {status})", request_id)
     if status is not None:
         return SourceError("client", f"{code} (HTTP {status})", request_id)
-    if isinstance(err, TimeoutError) or "timeout" in name.lower():
-        return SourceError("timeout", name)
-    return SourceError("network", f"{name}: {str(err)[:200]}")
+    text = str(err)
+    if isinstance(err, TimeoutError) or "timeout" in (name + text).lower() or "timed out" in text:
+        return SourceError("timeout", f"{name}: {text[:200]}")
+    return SourceError("network", f"{name}: {text[:200]}")
 
 
 class PrivateLinkSource:
