@@ -172,7 +172,7 @@ def parse_config(data: Any, source: str = "") -> Config:
     listen = top.listed("listen", lambda p, v: _hostport(problems, p, v), list(DEFAULT_LISTEN))
     if top.has("listen") and not listen and not problems.items:
         problems.add("listen", "expected at least one address")
-    upstreams = top.listed(
+    upstreams: list[HostPort | str] = top.listed(
         "upstreams", lambda p, v: _upstream(problems, p, v), list(DEFAULT_UPSTREAMS)
     )
     if not upstreams and not any(i.startswith("upstreams") for i in problems.items):
@@ -187,6 +187,11 @@ def parse_config(data: Any, source: str = "") -> Config:
     privatelink = parse_privatelink(top.section("privatelink"), region)
     if sync.source == SOURCE_PRIVATELINK:
         _check_privatelink(privatelink, services, problems)
+    if sync.source != "static" and answers.ttl > sync.interval:
+        # Clients must not cache an answer longer than it takes us to notice a change.
+        problems.add(
+            "answers.ttl", f"expected at most sync.interval ({sync.interval:g}s), got {answers.ttl}"
+        )
     http = parse_http(top.section("http"))
     log = parse_log(top.section("log"))
     lifecycle = parse_lifecycle(top.section("lifecycle"))

@@ -107,16 +107,16 @@ async def run_discover(
     print(format_table(headers, rows) if rows else "  none", file=out)
     try:
         client = pvtz or build_pvtz_client(config)
-        zones = await list_cloud_zones(client, config.privatelink.vpc_id, source.region)
+        cloud_zones = await list_cloud_zones(client, config.privatelink.vpc_id, source.region)
     except SourceError as err:
         print(f"\nPrivateZone DescribeZones failed: {err}", file=out)
         return 0
     print(f"\nPrivateZone cloud-service zones bound to {vpc}:", file=out)
-    if not zones:
+    if not cloud_zones:
         print("  none", file=out)
-    for zone in zones:
-        print(f"  {zone['name']} ({zone['id']})", file=out)
-        for rr, rtype, value, ttl in zone["records"]:
-            name = zone["name"] if rr == "@" else f"{rr}.{zone['name']}"
+    for cz in cloud_zones:
+        print(f"  {cz['name']} ({cz['id']})", file=out)
+        for rr, rtype, value, ttl in cz["records"]:
+            name = cz["name"] if rr == "@" else f"{rr}.{cz['name']}"
             print(f"    {name}  {ttl}  {rtype}  {value}", file=out)
     return 0

@@ -74,6 +74,8 @@ class Section:
                 self.problems.add(path, "is required")
                 return ""
             return default
+        if value == "" and default == "":
+            return ""  # an optional string left empty: "not set"
         if not isinstance(value, str) or not value:
             self.problems.add(path, f"expected a non-empty string, got {describe(value)}")
             return "" if default is _MISSING else default

@@ -114,7 +114,7 @@ def parse_privatelink(s: Section, region: str) -> PrivateLink:
     creds.close()
     pl = PrivateLink(
         vpc_id=s.string("vpc_id", ""),
-        region=s.string("region", region),
+        region=s.string("region", "") or region,
         endpoint=s.string("endpoint", ""),
         pvtz_endpoint=s.string("pvtz_endpoint", ""),
         protocol=s.string("protocol", "https", choices=("https", "http")),

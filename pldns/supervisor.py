@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Awaitable
 from pathlib import Path
 
 from pldns import logs
@@ -175,9 +176,9 @@ class Supervisor:
         await self._close_http()
         return code
 
-    async def _interruptible(self, coro: object, timeout: float | None = None) -> bool:
+    async def _interruptible(self, coro: Awaitable[object], timeout: float | None = None) -> bool:
         """Run a shutdown step; False if a second signal came first."""
-        step = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        step = asyncio.ensure_future(coro)
         forced = asyncio.ensure_future(self.force.wait())
         done, _ = await asyncio.wait(
             {step, forced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
