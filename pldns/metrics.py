@@ -18,7 +18,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -35,6 +34,9 @@ from pldns.stats import Histogram
 
 if TYPE_CHECKING:
     from pldns.app import App
+
+# The classic text format: every name here is a legacy (ASCII) name, so the body is 0.0.4 text.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 COUNTER = "counter"
 GAUGE = "gauge"
@@ -64,10 +66,10 @@ METRICS: dict[str, tuple[str, str]] = {
         HISTOGRAM,
         "Time from receiving a query to sending its reply, by source.",
     ),
-    "pldns_dns_inflight": (GAUGE, "Queries being handled right now."),
+    "pldns_dns_inflight": (GAUGE, "Queries being forwarded right now (waiting for an upstream)."),
     "pldns_dns_inflight_rejected_total": (
         COUNTER,
-        "Queries refused because forward.max_inflight queries were already in flight.",
+        "Queries to forward answered REFUSED because forward.max_inflight were already in flight.",
     ),
     "pldns_dns_dropped_total": (
         COUNTER,
@@ -344,7 +346,6 @@ def registry_for(app: App) -> CollectorRegistry:
 def render(app: App) -> tuple[bytes, str]:
     """The /metrics body in the Prometheus text format, and its content type.
 
-    Every name is a legacy (ASCII) Prometheus name, so the body is the classic 0.0.4 text
-    format and is labelled as such: every scraper version understands it.
+    Labelled 0.0.4 (not prometheus-client's newer default) so every scraper understands it.
     """
-    return generate_latest(registry_for(app)), CONTENT_TYPE_PLAIN_0_0_4
+    return generate_latest(registry_for(app)), CONTENT_TYPE

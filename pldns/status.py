@@ -327,6 +327,11 @@ def status_command(
         if not ready and ready_code == 503:
             shown["reason"] = ready_body.decode("utf-8", "replace").strip() or doc.get("reason")
         color = out.isatty() and not os.environ.get("NO_COLOR")
-        out.write(render_status(shown, color))
+        try:
+            text = render_status(shown, color)
+        except (KeyError, TypeError, ValueError, AttributeError) as problem:
+            print(f"pldns status: unexpected /status document from {base}: {problem!r}", file=err)
+            return EXIT_UNREACHABLE
+        out.write(text)
     out.flush()
     return EXIT_READY if ready else EXIT_NOT_READY
