@@ -56,10 +56,10 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             doc.update(fields)
-        if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:
+        if record.exc_text:  # already formatted (and redacted) by the Redact filter
             doc["exception"] = record.exc_text
+        elif record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
 
 

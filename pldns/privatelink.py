@@ -91,6 +91,11 @@ def classify(err: BaseException) -> SourceError:
     if status is not None:
         return SourceError("client", f"{code} (HTTP {status})", request_id)
     text = str(err)
+    # No usable credentials (empty chain, unreadable credentials file): the SDK wraps the
+    # credentials package's error in UnretryableException. It is not a network problem.
+    inner = getattr(err, "inner_exception", None)
+    if "CredentialException" in (name, type(inner).__name__) or getattr(inner, "filename", None):
+        return SourceError("auth", f"no usable credentials: {text[:200]}")
     if isinstance(err, TimeoutError) or "timeout" in (name + text).lower() or "timed out" in text:
         return SourceError("timeout", f"{name}: {text[:200]}")
     return SourceError("network", f"{name}: {text[:200]}")
