@@ -61,6 +61,7 @@ class FileSource:
     def __init__(self, path: str) -> None:
         self.path = path
         self._seen: tuple[int, int, int] | None = None
+        self._bad: SourceError | None = None  # the error of the file as last read
 
     def _signature(self) -> tuple[int, int, int] | None:
         try:
@@ -75,10 +76,14 @@ class FileSource:
             self._seen = None
             raise SourceError("invalid", f"{self.path} does not exist or cannot be read")
         if sig == self._seen:
+            if self._bad is not None:
+                raise self._bad  # still the same bad file: still failing, not re-read
             return None
         self._seen = sig
         try:
             snap = read(self.path, origin="file")
         except SnapshotError as err:
-            raise SourceError("invalid", f"{self.path}: {err}") from err
+            self._bad = SourceError("invalid", f"{self.path}: {err}")
+            raise self._bad from err
+        self._bad = None
         return SourceResult(snap.services, generated_at=snap.generated_at)
