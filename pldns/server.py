@@ -224,9 +224,23 @@ class TcpConnection(asyncio.Protocol):
         if self.transport is None:
             return
         self._arm()
+        self.buffer += data
+        self._serve_buffer()
+
+    def _serve_buffer(self) -> None:
+        """Hand complete messages to the frontend, at most `max_pipelined` in progress.
+
+        Several messages can arrive in one read: past the limit they wait in the buffer
+        (and reading pauses) until replies go out.
+        """
         buf = self.buffer
-        buf += data
-        while len(buf) >= 2 and not self.transport.is_closing():
+        transport = self.transport
+        while len(buf) >= 2 and transport is not None and not transport.is_closing():
+            if self.pending >= self.settings.max_pipelined:
+                if not self.paused:
+                    self.paused = True
+                    transport.pause_reading()
+                return
             size = (buf[0] << 8) | buf[1]
             if len(buf) < 2 + size:
                 break  # a partial message: wait for the rest
@@ -239,9 +253,6 @@ class TcpConnection(asyncio.Protocol):
             except Exception:
                 self.pending -= 1
                 log.exception("TCP query handling failed")
-            if self.pending >= self.settings.max_pipelined and not self.paused:
-                self.paused = True
-                self.transport.pause_reading()
 
     def _send(self, reply: bytes) -> None:
         self.pending -= 1
@@ -252,6 +263,7 @@ class TcpConnection(asyncio.Protocol):
         if self.paused and self.pending < self.settings.max_pipelined:
             self.paused = False
             transport.resume_reading()
+            self._serve_buffer()  # messages that arrived while at the limit
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle is not None:
@@ -291,7 +303,11 @@ class Listener:
     async def start(self, frontend: Frontend, registry: set[TcpConnection]) -> None:
         loop = asyncio.get_running_loop()
         udp_sock = bind_socket(self.address, socket.SOCK_DGRAM)
-        tcp_sock = bind_socket(self.address, socket.SOCK_STREAM)
+        try:
+            tcp_sock = bind_socket(self.address, socket.SOCK_STREAM)
+        except BaseException:
+            udp_sock.close()  # else the UDP port stays bound (a reload could not retry it)
+            raise
         try:
             self.udp, _ = await loop.create_datagram_endpoint(
                 lambda: UdpListener(frontend), sock=udp_sock

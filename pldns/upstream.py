@@ -100,7 +100,7 @@ class Upstream:
         self.family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         self.channels: list[_Channel] = []
         self._next = 0
-        self._opening = 0
+        self._filling: asyncio.Task[None] | None = None
         self.fails = 0
         self.retry_at = 0.0
         self.last_error = ""
@@ -129,21 +129,33 @@ class Upstream:
             self.retry_at = now + min(2.0 ** (self.fails - FAILS_BEFORE_DOWN), MAX_BACKOFF)
 
     async def _channel(self) -> _Channel:
-        """A channel to send on: round robin, retiring each after `socket_queries` sends."""
-        want = self.settings.udp_sockets
-        while len(self.channels) + self._opening < want:
-            self._opening += 1
-            try:
-                self.channels.append(await self._open())
-            finally:
-                self._opening -= 1
+        """A channel to send on: round robin, retiring each after `socket_queries` sends.
+
+        The pool is refilled by one background task; a query waits for it only when there
+        is no channel at all (the first queries, or right after the last one retired).
+        """
+        if len(self.channels) < self.settings.udp_sockets and self._filling is None:
+            self._filling = asyncio.get_running_loop().create_task(self._fill())
+        if not self.channels:
+            await asyncio.shield(self._filling)  # type: ignore[arg-type]
+            if not self.channels:
+                raise OSError(f"cannot open a socket to {self.address}: {self.last_error}")
         self._next = (self._next + 1) % len(self.channels)
         ch = self.channels[self._next]
         ch.sent += 1
         if ch.sent >= self.settings.socket_queries:
-            ch.retired = True
+            ch.retired = True  # closes once its last reply is in
             self.channels.remove(ch)
         return ch
+
+    async def _fill(self) -> None:
+        try:
+            while len(self.channels) < self.settings.udp_sockets:
+                self.channels.append(await self._open())
+        except OSError as err:  # e.g. no IPv6 route: the query that needed it sees OSError
+            self.last_error = f"socket: {err}"
+        finally:
+            self._filling = None
 
     async def _open(self) -> _Channel:
         loop = asyncio.get_running_loop()
@@ -189,6 +201,8 @@ class Upstream:
                 writer.close()
 
     def close(self) -> None:
+        if self._filling is not None:
+            self._filling.cancel()
         for ch in self.channels:
             if ch.transport is not None:
                 ch.transport.close()

@@ -1,0 +1,205 @@
+"""DNS over TCP through pldns (RFC 7766): pipelining answered out of order, partial reads,
+back-pressure, idle timeouts, the connection cap, and malformed frames.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import time
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from tests.fakes import clients
+from tests.fakes.clients import a_records, frame, make_query, recv_frame, wait_closed
+from tests.fakes.proc import OWNED, OWNED_IPS
+
+FORWARDED = "www.example.test"
+SLOW = "slow.example.test"
+
+
+def _ask(sock: socket.socket, query: dns.message.Message) -> dns.message.Message:
+    sock.sendall(frame(query.to_wire()))
+    reply = recv_frame(sock)
+    assert reply is not None, "connection closed instead of answering"
+    return dns.message.from_wire(reply)
+
+
+def _connect_until_served(addr: tuple[str, int], timeout: float = 3.0) -> socket.socket:
+    """A connection that gets an answer; retried while the server is still at its cap."""
+    end = time.monotonic() + timeout
+    while True:
+        sock = clients.tcp_connect(addr)
+        try:
+            sock.sendall(frame(make_query(OWNED, "A").to_wire()))
+            if recv_frame(sock) is not None:
+                return sock
+        except OSError:
+            pass
+        sock.close()
+        if time.monotonic() > end:
+            raise AssertionError("the server did not take a new connection")
+        time.sleep(0.05)
+
+
+def test_pipelined_queries_in_one_send_are_answered_out_of_order(pldns, upstream) -> None:
+    upstream.answer(SLOW, "192.0.2.9", delay=1.0)
+    upstream.answer(FORWARDED, "192.0.2.1")
+    server = pldns(forward={"try_timeout": 2.0, "deadline": 3.0})
+    queries = {
+        1: make_query(SLOW, "A", id=1),
+        2: make_query(OWNED, "A", id=2),
+        3: make_query(OWNED, "AAAA", id=3),
+        4: make_query(FORWARDED, "A", id=4),
+    }
+    with clients.tcp_connect(server.addr, timeout=5.0) as sock:
+        sock.sendall(b"".join(frame(q.to_wire()) for q in queries.values()))
+        replies = [recv_frame(sock) for _ in queries]
+    assert all(r is not None for r in replies)
+    msgs = [dns.message.from_wire(r) for r in replies]  # type: ignore[arg-type]
+    order = [m.id for m in msgs]
+    assert sorted(order) == [1, 2, 3, 4]
+    assert order[-1] == 1, f"the slow forwarded answer must come last, got {order}"
+    by_id = {m.id: m for m in msgs}
+    for qid, query in queries.items():
+        assert by_id[qid].question == query.question
+    assert a_records(by_id[1]) == {"192.0.2.9"}
+    assert a_records(by_id[2]) == set(OWNED_IPS)
+    assert by_id[3].answer == [] and by_id[3].authority[0].rdtype == dns.rdatatype.SOA
+    assert a_records(by_id[4]) == {"192.0.2.1"}
+
+
+@pytest.mark.parametrize("max_pipelined", [2, 100])
+def test_many_pipelined_queries_all_answered(pldns, upstream, max_pipelined) -> None:
+    upstream.answer(FORWARDED, "192.0.2.1")
+    server = pldns(tcp={"max_pipelined": max_pipelined})
+    names = [OWNED, FORWARDED, "nx.example.test"]
+    queries = [make_query(names[i % 3], "A", id=1000 + i) for i in range(60)]
+    with clients.tcp_connect(server.addr, timeout=5.0) as sock:
+        sock.sendall(b"".join(frame(q.to_wire()) for q in queries))
+        replies = [recv_frame(sock) for _ in queries]
+    msgs = {m.id: m for m in (dns.message.from_wire(r) for r in replies if r is not None)}
+    assert sorted(msgs) == [q.id for q in queries]
+    for q in queries:
+        assert msgs[q.id].question == q.question
+
+
+def test_partial_reads_one_byte_at_a_time(pldns, upstream) -> None:
+    upstream.answer(FORWARDED, "192.0.2.1")
+    server = pldns()
+    first = frame(make_query(OWNED, "A", id=7).to_wire())
+    second = frame(make_query(FORWARDED, "A", id=8).to_wire())
+    with clients.tcp_connect(server.addr) as sock:
+        for byte in first:
+            sock.send(bytes([byte]))
+            time.sleep(0.005)
+        reply = recv_frame(sock)
+        assert reply is not None
+        msg = dns.message.from_wire(reply)
+        assert msg.id == 7 and a_records(msg) == set(OWNED_IPS)
+        # The length prefix and the start of the message in one segment, the rest later.
+        sock.send(second[:3])
+        time.sleep(0.05)
+        sock.send(second[3:])
+        reply = recv_frame(sock)
+        assert reply is not None
+        msg = dns.message.from_wire(reply)
+        assert msg.id == 8 and a_records(msg) == {"192.0.2.1"}
+
+
+def test_idle_connection_is_closed_after_idle_timeout(pldns) -> None:
+    server = pldns(tcp={"idle_timeout": 0.5})
+    with clients.tcp_connect(server.addr) as sock:
+        assert a_records(_ask(sock, make_query(OWNED, "A"))) == set(OWNED_IPS)
+        took = wait_closed(sock, timeout=5.0)
+    assert took is not None, "an idle connection must be closed"
+    assert 0.3 < took < 2.5
+    with clients.tcp_connect(server.addr) as sock:  # a silent one is closed too
+        took = wait_closed(sock, timeout=5.0)
+    assert took is not None and took < 2.5
+
+
+def test_connection_with_a_pending_query_outlives_idle_timeout(pldns, upstream) -> None:
+    upstream.answer(SLOW, "192.0.2.9", delay=1.2)
+    server = pldns(tcp={"idle_timeout": 0.4}, forward={"try_timeout": 2.0, "deadline": 3.0})
+    with clients.tcp_connect(server.addr, timeout=5.0) as sock:
+        start = time.monotonic()
+        msg = _ask(sock, make_query(SLOW, "A"))
+        assert a_records(msg) == {"192.0.2.9"}
+        assert time.monotonic() - start > 1.0
+        assert wait_closed(sock, timeout=5.0) is not None
+
+
+def test_connection_cap_closes_the_extra_connection(pldns) -> None:
+    server = pldns(tcp={"max_connections": 2})
+    first = _connect_until_served(server.addr)
+    second = _connect_until_served(server.addr)
+    try:
+        with clients.tcp_connect(server.addr) as third:
+            took = wait_closed(third, timeout=3.0)
+            assert took is not None, "a connection over the cap must be closed"
+        # The two admitted connections still work.
+        for sock in (first, second):
+            assert a_records(_ask(sock, make_query(OWNED, "A"))) == set(OWNED_IPS)
+        first.close()
+        # A slot is free again once the server has seen the close.
+        with _connect_until_served(server.addr) as again:
+            assert a_records(_ask(again, make_query(OWNED, "A"))) == set(OWNED_IPS)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_tcp_junk_frames_get_formerr_or_nothing(pldns) -> None:
+    server = pldns()
+    rng = random.Random(7766)
+    junk = [bytearray(rng.randbytes(n)) for n in (13, 40, 300, 65535)]
+    for j in junk:
+        j[2] &= 0x07  # QR=0, opcode QUERY: a reply (FORMERR) is allowed
+    response = dns.message.make_response(make_query(OWNED, "A")).to_wire()  # QR=1: dropped
+    frames = [b"", b"\x01\x02\x03", response, *map(bytes, junk)]
+    with clients.tcp_connect(server.addr) as sock:
+        for body in frames:
+            sock.settimeout(0.5)
+            sock.sendall(frame(body))
+            try:
+                reply = recv_frame(sock)
+            except TimeoutError:
+                reply = None
+            if reply is not None:
+                assert reply[:2] == body[:2] and reply[2] & 0x80
+                assert reply[3] & 0x0F == dns.rcode.FORMERR, body[:16].hex()
+        sock.settimeout(2.0)
+        assert a_records(_ask(sock, make_query(OWNED, "A"))) == set(OWNED_IPS)
+
+
+def test_frame_shorter_than_its_length_prefix_then_close(pldns) -> None:
+    server = pldns()
+    with clients.tcp_connect(server.addr) as sock:
+        sock.sendall(b"\x01\x00" + b"\x12\x34\x01\x00\x00\x01" + b"\x00" * 4)  # 10 of 256
+        sock.shutdown(socket.SHUT_WR)
+        assert wait_closed(sock, timeout=3.0) is not None
+    with clients.tcp_connect(server.addr) as sock:  # a half frame, then a hard close (RST)
+        sock.sendall(b"\xff\xff" + b"\x00" * 100)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with clients.tcp_connect(server.addr) as sock:
+        assert a_records(_ask(sock, make_query(OWNED, "A"))) == set(OWNED_IPS)
+    assert a_records(clients.udp(server.addr, OWNED)) == set(OWNED_IPS)
+
+
+def test_max_pipelined_bounds_the_queries_in_progress_per_connection(pldns, upstream) -> None:
+    upstream.answer(SLOW, "192.0.2.9", delay=0.4)
+    server = pldns(tcp={"max_pipelined": 2}, forward={"try_timeout": 2.0, "deadline": 3.0})
+    queries = [make_query(SLOW, "A", id=100 + i) for i in range(6)]
+    with clients.tcp_connect(server.addr, timeout=5.0) as sock:
+        sock.sendall(b"".join(frame(q.to_wire()) for q in queries))  # all in one segment
+        replies = [recv_frame(sock) for _ in queries]
+    assert sorted(dns.message.from_wire(r).id for r in replies if r) == [q.id for q in queries]
+    arrivals = [r.at for r in upstream.queries(SLOW)]
+    assert len(arrivals) == 6
+    early = [t for t in arrivals if t - arrivals[0] < 0.25]
+    assert len(early) <= 2, "more than max_pipelined queries of one connection in progress"
