@@ -14,6 +14,7 @@ from collections import Counter
 
 from pldns.acl import Acl
 from pldns.config import Config, HostPort
+from pldns.forwarder import Forwarder
 from pldns.leak import LeakDetector
 from pldns.logs import QueryLog
 from pldns.resolvconf import upstream_addresses
@@ -25,9 +26,10 @@ from pldns.sourceconfig import SOURCE_FILE, SOURCE_PRIVATELINK
 from pldns.stats import Stats
 from pldns.sync import Syncer, SyncState
 from pldns.table import RecordTable
-from pldns.upstream import Forwarder
 
 log = logging.getLogger("pldns")
+
+DRAIN_POLL = 0.01
 
 
 def make_source(config: Config) -> EndpointSource | None:
@@ -124,6 +126,7 @@ class App:
 
     async def start(self) -> None:
         await self._first_file_round()
+        await self.forwarder.open()
         try:
             for address in self.config.listen:
                 listener = Listener(address)
@@ -180,12 +183,15 @@ class App:
         self.frontend.accepting = False
         for listener in self.listeners:
             listener.stop_accepting()
-        tasks = set(self.frontend.tasks)
-        if tasks:
-            log.info("draining %d in-flight queries (up to %gs)", len(tasks), drain)
-            _, pending = await asyncio.wait(tasks, timeout=drain)
-            if pending:
-                log.warning("%d queries still in flight after %gs, dropped", len(pending), drain)
+        if self.stats.inflight:
+            log.info("draining %d in-flight queries (up to %gs)", self.stats.inflight, drain)
+            end = time.monotonic() + drain
+            while self.stats.inflight and time.monotonic() < end:
+                await asyncio.sleep(DRAIN_POLL)
+            if self.stats.inflight:
+                log.warning(
+                    "%d queries still in flight after %gs, dropped", self.stats.inflight, drain
+                )
         self.close()
 
     def close(self) -> None:
@@ -225,6 +231,7 @@ class App:
         if upstreams != self.upstreams or new.forward != old.forward:
             retired = self.forwarder
             self.forwarder = Forwarder(upstreams, new.forward, self.stats)
+            await self.forwarder.open()
             self.frontend.forwarder = self.forwarder
             self.upstreams = upstreams
             # Queries already sent on the old sockets finish within their deadline.

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pldns.acl import Acl
 from pldns.config import HostPort, Tcp
 from pldns.errors import REFUSED, SERVFAIL, DnsError, Drop, rcode_name
+from pldns.forwarder import Forwarder
 from pldns.leak import LeakDetector
 from pldns.logs import QueryLog
-from pldns.resolver import SOURCE_LOCAL, SOURCE_UPSTREAM, Local, Resolver
+from pldns.resolver import SOURCE_LOCAL, SOURCE_OWNED, SOURCE_UPSTREAM, Local, Resolver
 from pldns.stats import Stats, qtype_label
-from pldns.upstream import Forwarder
 from pldns.wire import (
     TCP_MAX,
     Query,
@@ -63,7 +63,6 @@ class Frontend:
         self.querylog = querylog
         self.tcp = tcp or Tcp()  # read when a connection opens, so a reload applies to new ones
         self.accepting = True  # False once shutdown starts: new queries are ignored
-        self.tasks: set[asyncio.Task[None]] = set()
 
     def handle(self, data: bytes, host: str, proto: str, send: Send) -> bool:
         """Reply through `send` now or later; False when the packet gets no reply at all."""
@@ -72,6 +71,10 @@ class Frontend:
             return False
         if not self.acl.allowed(host):
             return self._deny(data, host, proto, send, start)
+        reply = self.resolver.fast(data, proto)
+        if reply is not None:
+            self._reply(data, reply, SOURCE_OWNED, start, host, proto, send)
+            return True
         try:
             result = self.resolver.resolve(data, proto)
         except Drop as drop:
@@ -87,11 +90,25 @@ class Frontend:
             self._reply(data, reply, SOURCE_LOCAL, start, host, proto, send)
             return True
         self.stats.inflight += 1
-        task = asyncio.get_running_loop().create_task(
-            self._forward(data, q, host, proto, send, start)
-        )
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        limit = udp_limit(q) if proto == "udp" else TCP_MAX
+        try:
+            self.forwarder.forward(
+                data,
+                q,
+                limit,
+                lambda reply: self._forwarded(data, q, limit, reply, host, proto, send, start),
+            )
+        except DnsError as err:  # a malformed EDNS option found while rewriting
+            self.stats.inflight -= 1
+            self._reply(
+                data,
+                build_error(data, err.rcode, q.qend, q.opt),
+                SOURCE_LOCAL,
+                start,
+                host,
+                proto,
+                send,
+            )
         return True
 
     def _reply(
@@ -116,32 +133,36 @@ class Frontend:
             rcode = rcode_name(reply[3] & 0x0F)
             self.querylog.write(host, proto, name, qtype, rcode, seconds * 1000, source)
 
-    async def _forward(
-        self, data: bytes, q: Query, host: str, proto: str, send: Send, start: float
+    def _forwarded(
+        self,
+        data: bytes,
+        q: Query,
+        limit: int,
+        reply: bytes | None,
+        host: str,
+        proto: str,
+        send: Send,
+        start: float,
     ) -> None:
-        try:
-            limit = udp_limit(q) if proto == "udp" else TCP_MAX
-            reply = await self.forwarder.forward(data, q, limit)
-            if reply is None:
-                reply = build_error(data, SERVFAIL, q.qend, q.opt)
-                source = SOURCE_LOCAL
-            else:
-                if self.leaks is not None and self.leaks.watches(q.qname):
-                    self.leaks.inspect(q.qname, reply, q.qend)
-                reply = data[:2] + reply[2:]
-                if len(reply) > limit:
-                    reply = truncate(reply, q.qend, q.opt)
-                source = SOURCE_UPSTREAM
-        except DnsError as err:  # a malformed EDNS option found while rewriting
-            reply, source = build_error(data, err.rcode, q.qend, q.opt), SOURCE_LOCAL
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("forwarding failed unexpectedly")
-            reply, source = build_error(data, SERVFAIL, q.qend, q.opt), SOURCE_LOCAL
-        finally:
-            self.stats.inflight -= 1
-        self._reply(data, reply, source, start, host, proto, send)
+        """The forwarder's outcome: relay the upstream's reply, or SERVFAIL when none came."""
+        self.stats.inflight -= 1
+        if reply is None:
+            self._reply(
+                data,
+                build_error(data, SERVFAIL, q.qend, q.opt),
+                SOURCE_LOCAL,
+                start,
+                host,
+                proto,
+                send,
+            )
+            return
+        if self.leaks is not None and self.leaks.watches(q.qname):
+            self.leaks.inspect(q.qname, reply, q.qend)
+        reply = data[:2] + reply[2:]
+        if len(reply) > limit:
+            reply = truncate(reply, q.qend, q.opt)
+        self._reply(data, reply, SOURCE_UPSTREAM, start, host, proto, send)
 
     def _deny(self, data: bytes, host: str, proto: str, send: Send, start: float) -> bool:
         """A client outside `allow`: REFUSED (counted as a local reply) or silence (dropped)."""

@@ -57,6 +57,9 @@ class RecordTable:
     serial: int = 0
     ttl: int = 30
     loaded: bool = False  # True once the table holds addresses from a real source
+    # Whole replies (all but the ID) for the commonest exact queries, keyed by the query's
+    # bytes after the ID: see `fast_replies`.
+    fast: Mapping[bytes, tuple[tuple[bytes, ...], str]] = field(default_factory=dict)
 
     def get(self, qname: bytes) -> OwnedName | None:
         return self.names.get(qname)
@@ -136,9 +139,47 @@ def build_table(
             )
     return RecordTable(
         names=names,
+        fast=fast_replies(names),
         services=dict(addresses),
         domains=frozen_domains,
         serial=serial,
         ttl=ttl,
         loaded=loaded,
     )
+
+
+# Flag bytes of a plain query: QR=0, opcode QUERY, RD either way (byte 2); AD and CD either
+# way, no Z (byte 3). Each gets its reply flags: QR AA + RD copied; RA + CD copied.
+_FAST_FLAGS = [(b2, b3) for b2 in (0x00, 0x01) for b3 in (0x00, 0x10, 0x20, 0x30)]
+_FAST_LIMIT = 512  # larger answers take the full path, which truncates for UDP
+
+
+def fast_replies(names: Mapping[bytes, OwnedName]) -> dict[bytes, tuple[tuple[bytes, ...], str]]:
+    """Prebuilt replies for A/AAAA queries without EDNS, spelled in lower case.
+
+    A query whose bytes after the ID are exactly a key here gets `ID + rotation` as its reply,
+    with no parsing at all. Anything else (mixed case, EDNS, other types, other flags) takes
+    the full path, which gives the same answer.
+    """
+    fast: dict[bytes, tuple[tuple[bytes, ...], str]] = {}
+    counts_q = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+    for wire_name, owned in names.items():
+        if not owned.known:
+            continue
+        for qtype, label, rotations, count in (
+            (TYPE_A, "A", owned.a, owned.a_count),
+            (TYPE_AAAA, "AAAA", owned.aaaa, owned.aaaa_count),
+        ):
+            question = wire_name + qtype.to_bytes(2, "big") + _IN
+            if count:
+                counts_r, sections = (1, count, 0, 0), rotations
+            else:  # NODATA with the SOA
+                counts_r, sections = (1, 0, 1, 0), (owned.soa,)
+            for b2, b3 in _FAST_FLAGS:
+                flags = bytes((0x84 | (b2 & 0x01), 0x80 | (b3 & 0x10)))
+                head = flags + b"".join(c.to_bytes(2, "big") for c in counts_r) + question
+                replies = tuple(head + section for section in sections)
+                if len(replies[0]) + 2 > _FAST_LIMIT:
+                    continue
+                fast[bytes((b2, b3)) + counts_q + question] = (replies, label)
+    return fast

@@ -1,45 +1,73 @@
-"""Forwarding to upstream resolvers: UDP socket pools, TCP fallback, failover, deadlines.
+"""One upstream resolver: its pool of UDP sockets, its TCP fallback, its health.
 
-Every attempt gets a fresh ID from `secrets` and goes out on one of a small pool of
-connected UDP sockets, each bound by the kernel to a random ephemeral port and replaced after
-`socket_queries` queries, so both ID and port are unpredictable (RFC 5452 §9.2). A reply
-counts only if it comes from the upstream (the socket is connected), carries our ID and
-echoes our question (RFC 5452 §4.3); anything else is ignored and we keep waiting.
+Queries go out on a small pool of connected UDP sockets, each bound by the kernel to a random
+ephemeral port and replaced after `socket_queries` sends (staggered, so the pool never
+reopens at once); with a fresh random ID per attempt, both port and ID are unpredictable
+(RFC 5452 §9.2). A reply counts only if it comes from the upstream (the socket is connected),
+carries our ID and echoes our question (RFC 5452 §4.3); anything else is ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
+import os
+import random
 import socket
-import time
-from collections.abc import Sequence
+from array import array
+from typing import Any, Protocol
 
 from pldns.config import Forward, HostPort
-from pldns.errors import REFUSED, SERVFAIL
-from pldns.stats import Stats, UpstreamStats
-from pldns.wire import (
-    HEADER_LEN,
-    OUR_PAYLOAD,
-    UDP_MIN,
-    Query,
-    build_upstream_query,
-    is_truncated,
-    rcode_of,
-    reply_matches,
-)
+from pldns.stats import UpstreamStats
+from pldns.wire import HEADER_LEN, reply_matches
 
 FAILS_BEFORE_DOWN = 3
 MAX_BACKOFF = 30.0
 
 
-class _Channel(asyncio.DatagramProtocol):
-    """One connected UDP socket to one upstream, with the queries waiting on it."""
+class Waiter(Protocol):
+    """What a channel needs of a query waiting on it."""
+
+    question: bytes
+
+
+class Owner(Protocol):
+    """Receives the outcome of each query sent on a channel (the Forwarder)."""
+
+    def on_reply(self, waiter: Any, reply: bytes) -> None: ...
+
+    def on_error(self, waiter: Any, reason: str) -> None: ...
+
+    def on_health(self) -> None: ...
+
+
+class QueryIds:
+    """Unpredictable 16-bit query IDs from the OS's CSPRNG, fetched 2048 at a time.
+
+    One getrandom() call per 2048 IDs instead of one per query (`secrets.randbits` makes a
+    syscall each time); the IDs are as unpredictable.
+    """
 
     def __init__(self) -> None:
+        self._ids = array("H")
+        self._next = 0
+
+    def next(self) -> int:
+        if self._next >= len(self._ids):
+            self._ids = array("H", os.urandom(4096))
+            self._next = 0
+        qid = self._ids[self._next]
+        self._next += 1
+        return qid
+
+
+class Channel(asyncio.DatagramProtocol):
+    """One connected UDP socket to one upstream, with the queries waiting on it."""
+
+    def __init__(self, owner: Owner, budget: int) -> None:
+        self.owner = owner
         self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[int, tuple[asyncio.Future[bytes], bytes]] = {}
-        self.sent = 0
+        self.pending: dict[int, Waiter] = {}
+        self.budget = budget  # sends before it is retired
         self.retired = False
         self.impostors = 0
 
@@ -51,54 +79,52 @@ class _Channel(asyncio.DatagramProtocol):
             self.impostors += 1
             return
         qid = (data[0] << 8) | data[1]
-        entry = self.pending.get(qid)
-        if entry is None or not reply_matches(data, qid, entry[1]):
+        waiter = self.pending.get(qid)
+        if waiter is None or not reply_matches(data, qid, waiter.question):
             self.impostors += 1  # late, spoofed or mangled: ignore and keep waiting
             return
         del self.pending[qid]
-        if not entry[0].done():
-            entry[0].set_result(data)
-        self._close_if_drained()
+        self.owner.on_reply(waiter, data)
+        self.close_if_drained()
 
     def error_received(self, exc: Exception) -> None:
         # An ICMP error on a connected socket (port unreachable): every query here fails now
         # rather than at its timeout, so failover is quick when an upstream is down.
-        self._fail_all(exc)
+        self._fail_all()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail_all(exc or ConnectionError("upstream socket closed"))
+        self._fail_all()
 
-    def _fail_all(self, exc: Exception) -> None:
+    def _fail_all(self) -> None:
         pending, self.pending = self.pending, {}
-        for fut, _ in pending.values():
-            if not fut.done():
-                fut.set_exception(OSError(str(exc)))
+        for waiter in pending.values():
+            self.owner.on_error(waiter, "error")
 
-    def forget(self, qid: int, fut: asyncio.Future[bytes]) -> None:
-        entry = self.pending.get(qid)
-        if entry is not None and entry[0] is fut:
-            del self.pending[qid]
-        self._close_if_drained()
+    def forget(self, qid: int, waiter: Waiter) -> bool:
+        """Drop a query that timed out; False if it was no longer waiting here."""
+        if self.pending.get(qid) is not waiter:
+            return False
+        del self.pending[qid]
+        self.close_if_drained()
+        return True
 
-    def _close_if_drained(self) -> None:
+    def close_if_drained(self) -> None:
         if self.retired and not self.pending and self.transport is not None:
             self.transport.close()
-
-
-def _expire(fut: asyncio.Future[bytes]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
 
 
 class Upstream:
     """One upstream server: its UDP socket pool, health and counters."""
 
-    def __init__(self, address: HostPort, settings: Forward, stats: UpstreamStats) -> None:
+    def __init__(
+        self, address: HostPort, settings: Forward, stats: UpstreamStats, owner: Owner
+    ) -> None:
         self.address = address
         self.settings = settings
         self.stats = stats
+        self.owner = owner
         self.family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        self.channels: list[_Channel] = []
+        self.channels: list[Channel] = []
         self._next = 0
         self._filling: asyncio.Task[None] | None = None
         self.fails = 0
@@ -109,12 +135,16 @@ class Upstream:
     def name(self) -> str:
         return str(self.address)
 
+    # -- health ------------------------------------------------------------------------------
+
     def available(self, now: float) -> bool:
         return self.fails < FAILS_BEFORE_DOWN or now >= self.retry_at
 
     def succeeded(self, seconds: float) -> None:
-        self.fails = 0
-        self.stats.healthy = True
+        if self.fails:
+            self.fails = 0
+            self.stats.healthy = True
+            self.owner.on_health()
         self.stats.duration.observe(seconds)
 
     def failed(self, reason: str, now: float, down: bool = True) -> None:
@@ -127,64 +157,57 @@ class Upstream:
         if self.fails >= FAILS_BEFORE_DOWN:
             self.stats.healthy = False
             self.retry_at = now + min(2.0 ** (self.fails - FAILS_BEFORE_DOWN), MAX_BACKOFF)
+            self.owner.on_health()
 
-    async def _channel(self) -> _Channel:
-        """A channel to send on: round robin, retiring each after `socket_queries` sends.
+    # -- the UDP pool --------------------------------------------------------------------------
 
-        The pool is refilled by one background task; a query waits for it only when there
-        is no channel at all (the first queries, or right after the last one retired).
-        """
-        if len(self.channels) < self.settings.udp_sockets and self._filling is None:
-            self._filling = asyncio.get_running_loop().create_task(self._fill())
-        if not self.channels:
-            await asyncio.shield(self._filling)  # type: ignore[arg-type]
-            if not self.channels:
-                raise OSError(f"cannot open a socket to {self.address}: {self.last_error}")
-        self._next = (self._next + 1) % len(self.channels)
-        ch = self.channels[self._next]
-        ch.sent += 1
-        if ch.sent >= self.settings.socket_queries:
+    def channel(self) -> Channel | None:
+        """A channel to send on now (round robin), or None while the pool is (re)opening."""
+        channels = self.channels
+        if len(channels) < self.settings.udp_sockets:
+            self.refill()
+            if not channels:
+                return None
+        self._next = (self._next + 1) % len(channels)
+        ch = channels[self._next]
+        ch.budget -= 1
+        if ch.budget <= 0:
             ch.retired = True  # closes once its last reply is in
-            self.channels.remove(ch)
+            channels.remove(ch)
         return ch
+
+    def refill(self) -> asyncio.Task[None]:
+        if self._filling is None:
+            self._filling = asyncio.get_running_loop().create_task(self._fill())
+        return self._filling
 
     async def _fill(self) -> None:
         try:
             while len(self.channels) < self.settings.udp_sockets:
                 self.channels.append(await self._open())
-        except OSError as err:  # e.g. no IPv6 route: the query that needed it sees OSError
+        except OSError as err:  # e.g. no route: queries see it as errors, and fail over
             self.last_error = f"socket: {err}"
         finally:
             self._filling = None
 
-    async def _open(self) -> _Channel:
+    async def _open(self) -> Channel:
         loop = asyncio.get_running_loop()
         sock = socket.socket(self.family, socket.SOCK_DGRAM)
         sock.setblocking(False)
+        # Stagger retirement: sockets opened together must not all reopen at the same time.
+        quota = self.settings.socket_queries
+        budget = quota if quota < 4 else random.randint(quota // 2, quota)
         try:
             sock.connect((self.address.host, self.address.port))  # port 0 bind: random port
-            _, channel = await loop.create_datagram_endpoint(_Channel, sock=sock)
+            _, channel = await loop.create_datagram_endpoint(
+                lambda: Channel(self.owner, budget), sock=sock
+            )
         except BaseException:
             sock.close()
             raise
         return channel
 
-    async def query_udp(self, packet: bytes, qid: int, question: bytes, timeout: float) -> bytes:
-        loop = asyncio.get_running_loop()
-        ch = await self._channel()
-        while qid in ch.pending:  # never two queries with one ID on one socket
-            qid = secrets.randbits(16)
-            packet = qid.to_bytes(2, "big") + packet[2:]
-        fut: asyncio.Future[bytes] = loop.create_future()
-        ch.pending[qid] = (fut, question)
-        timer = loop.call_later(timeout, _expire, fut)
-        try:
-            assert ch.transport is not None
-            ch.transport.sendto(packet)
-            return await fut
-        finally:
-            timer.cancel()
-            ch.forget(qid, fut)
+    # -- TCP -------------------------------------------------------------------------------------
 
     async def query_tcp(self, packet: bytes, qid: int, question: bytes, timeout: float) -> bytes:
         """One query on a fresh TCP connection (RFC 7766 §5: used when UDP was truncated)."""
@@ -207,80 +230,3 @@ class Upstream:
             if ch.transport is not None:
                 ch.transport.close()
         self.channels.clear()
-
-
-class Forwarder:
-    """Sends a client's query to the upstreams in turn until one answers or time runs out."""
-
-    def __init__(self, addresses: Sequence[HostPort], settings: Forward, stats: Stats) -> None:
-        self.settings = settings
-        self.upstreams = [Upstream(a, settings, stats.upstream(str(a))) for a in addresses]
-
-    def order(self, now: float) -> list[Upstream]:
-        """Configured order, upstreams that keep failing last until their backoff ends."""
-        ups = self.upstreams
-        if all(u.available(now) for u in ups):
-            return ups
-        return [u for u in ups if u.available(now)] + [u for u in ups if not u.available(now)]
-
-    async def forward(self, data: bytes, q: Query, client_limit: int) -> bytes | None:
-        """The upstream's reply (the ID not yet restored), or None when every try failed.
-
-        An upstream's SERVFAIL or REFUSED, a timeout or a socket error moves on to the next
-        upstream (round the list again while the deadline allows); if the last reply was such
-        an error it is returned, so the client sees what the upstreams said.
-        """
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = start + self.settings.deadline
-        question = q.qname + data[q.qend - 4 : q.qend]  # name lower-cased, type/class as sent
-        sent_limit = OUR_PAYLOAD if q.opt is not None else UDP_MIN
-        ups = self.order(time.monotonic())
-        attempts = max(3, 2 * len(ups))
-        last: bytes | None = None
-        said_no: set[int] = set()  # upstreams that answered SERVFAIL/REFUSED: not asked again
-        for attempt in range(attempts):
-            up = ups[attempt % len(ups)]
-            if id(up) in said_no:
-                if len(said_no) == len(ups):
-                    break
-                continue
-            now = loop.time()
-            remaining = deadline - now
-            if remaining <= 0.001:
-                break
-            timeout = min(self.settings.try_timeout, remaining)
-            qid = secrets.randbits(16)
-            packet = build_upstream_query(data, q, qid)
-            up.stats.requests += 1
-            try:
-                reply = await up.query_udp(packet, qid, question, timeout)
-                if is_truncated(reply) and client_limit > sent_limit:
-                    # The whole answer may fit the client: fetch it over TCP (RFC 7766 §5).
-                    # If the client's own limit is no larger, it would be truncated anyway.
-                    qid = secrets.randbits(16)
-                    packet = qid.to_bytes(2, "big") + packet[2:]
-                    up.stats.requests += 1
-                    remaining = deadline - loop.time()
-                    reply = await up.query_tcp(packet, qid, question, remaining)
-            except TimeoutError:
-                up.failed("timeout", time.monotonic())
-                continue
-            except (OSError, EOFError, asyncio.IncompleteReadError) as err:
-                up.failed("error", time.monotonic())
-                up.last_error = f"{type(err).__name__}: {err}"
-                continue
-            rcode = rcode_of(reply)
-            if rcode in (SERVFAIL, REFUSED):
-                reason = "servfail" if rcode == SERVFAIL else "refused"
-                up.failed(reason, time.monotonic(), down=False)
-                said_no.add(id(up))
-                last = reply
-                continue
-            up.succeeded(loop.time() - now)
-            return reply
-        return last
-
-    def close(self) -> None:
-        for up in self.upstreams:
-            up.close()
