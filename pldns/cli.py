@@ -35,6 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--once", action="store_true", help="one round, print the table, exit")
     sync.add_argument("--out", help="snapshot file to write (default: sync.snapshot)")
     sync.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sync.add_argument(
+        "--configmap",
+        metavar="NAMESPACE/NAME",
+        help="also publish the snapshot into this ConfigMap (key snapshot.json)",
+    )
+    sync.add_argument(
+        "--lease",
+        metavar="NAMESPACE/NAME",
+        help="sync only while holding this Lease (leader election; identity $POD_NAME or host)",
+    )
+    sync.add_argument("--kube-api", metavar="URL", help="API server (default: in-cluster)")
+    sync.add_argument("--kube-token-file", metavar="PATH", help="bearer token file (default: SA)")
     discover = sub.add_parser("discover", help="list the VPC's endpoints and cloud zones")
     discover.add_argument("--config", "-c", required=True, help="YAML config file")
     status = sub.add_parser("status", help="show a running pldns's state (exit 1 if not ready)")
@@ -61,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _cloud(args: argparse.Namespace) -> int:
     from pldns.discovery import run_discover
-    from pldns.synccli import check_sync_config, run_sync, sinks_for
+    from pldns.synccli import check_sync_config, run_sync_command
 
     _setup_logging(getattr(args, "log_level", "warning"))
     config = _load(args.config, upstreams=False)
@@ -74,7 +86,7 @@ def _cloud(args: argparse.Namespace) -> int:
         print(f"pldns: {args.config}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     _install_loop()
-    return asyncio.run(run_sync(config, args.once, sinks_for(config, args.out)))
+    return asyncio.run(run_sync_command(config, args))
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -114,9 +114,8 @@ def kube_config(
         token_file = sa_token if os.path.exists(sa_token) else ""
     ca = os.path.join(sa_dir, "ca.crt")
     namespace = ""
-    with contextlib.suppress(OSError):
-        with open(os.path.join(sa_dir, "namespace"), encoding="utf-8") as handle:
-            namespace = handle.read().strip()
+    with contextlib.suppress(OSError), open(os.path.join(sa_dir, "namespace")) as handle:
+        namespace = handle.read().strip()
     return KubeConfig(
         api=api.rstrip("/"),
         token_file=token_file,
@@ -219,7 +218,7 @@ class KubeClient:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout), trust_env=False
             )
-        ssl_arg: Any = self._ssl if self._ssl is not None else None
+        ssl_arg: Any = self._ssl if self._ssl is not None else True
         async with self._session.request(
             method, url, headers=headers, data=data, ssl=ssl_arg, allow_redirects=False
         ) as response:
@@ -392,6 +391,7 @@ class LeaseElector:
         self.terms = 0  # how many times this replica became leader
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
+        self._acquired_at = 0.0
         self._last_error = ""
 
     @property
@@ -423,9 +423,7 @@ class LeaseElector:
             leaseDurationSeconds=self.lease_seconds,
             acquireTime=old.get("acquireTime") if mine and old.get("acquireTime") else now,
             renewTime=now,
-            leaseTransitions=transitions
-            if mine or not old.get("holderIdentity")
-            else transitions + 1,
+            leaseTransitions=transitions if mine else transitions + 1,  # as client-go counts
         )
         return spec
 
@@ -529,10 +527,9 @@ class LeaseElector:
         )  # fmt: skip
         try:
             while not stop.is_set():
-                got = await self._attempt(self.renew_every)
-                if got:
+                self._acquired_at = self.clock()
+                if await self._attempt(self.renew_every):
                     await self._lead(work, stop)
-                    continue
                 await self._wait(stop, self.renew_every * (1 + 0.2 * random.random()))
         finally:
             if self.is_leader or (self._observed and self._observed[0] == self.identity):
@@ -542,30 +539,30 @@ class LeaseElector:
     async def _lead(self, work: Work, stop: asyncio.Event) -> None:
         self.is_leader = True
         self.terms += 1
-        last_renew = self.clock()
+        last_renew = self._acquired_at
         log.info("%s is now the leader (lease %s/%s)", self.identity, self.namespace, self.lease)
         lost = asyncio.Event()
         task = asyncio.ensure_future(work(lost))
         why = "stopping"
         try:
             while True:
-                await self._wait(stop, self.renew_every, task)
+                left = self.renew_deadline - (self.clock() - last_renew)
+                await self._wait(stop, min(self.renew_every, max(0.0, left)), task)
                 if stop.is_set():
                     break
                 if task.done():
                     err = None if task.cancelled() else task.exception()
                     why = f"the work ended ({err!r})" if err else "the work ended"
                     break
-                left = self.renew_deadline - (self.clock() - last_renew)
-                got = await self._attempt(left)
-                if got:
-                    last_renew = self.clock()
-                    continue
-                if got is False:
-                    why = "another replica holds the lease"
-                    break
-                if self.clock() - last_renew >= self.renew_deadline:
+                started = self.clock()  # not the answer's time: others count from the write
+                if started - last_renew >= self.renew_deadline:
                     why = f"no successful renewal for {self.renew_deadline:g}s"
+                    break
+                got = await self._attempt(self.renew_deadline - (started - last_renew))
+                if got:
+                    last_renew = started
+                elif got is False:
+                    why = "another replica holds the lease"
                     break
         finally:
             lost.set()

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, TextIO
 
 from pldns.config import Config
 from pldns.privatelink import PrivateLinkSource, api_host
 from pldns.snapshot import FileSink, SnapshotSink
 from pldns.sourceconfig import SOURCE_PRIVATELINK
 from pldns.sync import Syncer, SyncState
+
+if TYPE_CHECKING:
+    from pldns.kube import LeaseElector
 
 log = logging.getLogger("pldns.sync")
 
@@ -53,6 +57,7 @@ async def run_sync(
     sinks: list[SnapshotSink],
     source: PrivateLinkSource | None = None,
     out: TextIO = sys.stdout,
+    elector: LeaseElector | None = None,
 ) -> int:
     source = source or PrivateLinkSource(config.privatelink, config.region, config.services)
     syncer = Syncer(config, source, lambda table: None, sinks, SyncState())
@@ -69,6 +74,9 @@ async def run_sync(
             print_round(source, out)
             if source.rows and syncer.state.partial:
                 print("some endpoints failed; their services kept no new data", file=out)
+            if syncer.state.snapshot_errors:
+                print("publishing the snapshot failed (see the log)", file=sys.stderr)
+                return 1
             return 0
         print(f"sync failed: {syncer.state.last_error}", file=sys.stderr)
         return 1
@@ -76,8 +84,53 @@ async def run_sync(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if elector is not None:
+
+        def term(lost: asyncio.Event) -> Awaitable[None]:
+            # A fresh Syncer each term publishes its first round even if an earlier term of
+            # this replica published the same bytes (another leader may have written since).
+            return Syncer(config, syncer.source, lambda table: None, sinks, syncer.state).run(lost)
+
+        await elector.run_as_leader(term, stop)
+        return 0
     await syncer.run(stop)
     return 0
+
+
+async def run_sync_command(config: Config, args: argparse.Namespace) -> int:
+    """`pldns sync` with its options: file and ConfigMap sinks, Lease leader election."""
+    sinks = sinks_for(config, args.out)
+    if not (getattr(args, "configmap", None) or getattr(args, "lease", None)):
+        return await run_sync(config, args.once, sinks)
+    from pldns.kube import (
+        ConfigMapSink,
+        KubeClient,
+        KubeConfigError,
+        LeaseElector,
+        default_identity,
+        kube_config,
+        parse_ref,
+    )
+
+    try:
+        if args.once and args.lease:
+            raise KubeConfigError("--lease is for the long-running syncer, not with --once")
+        kube = kube_config(args.kube_api, args.kube_token_file)
+        configmap = (
+            parse_ref(args.configmap, kube.namespace, "--configmap") if args.configmap else None
+        )
+        lease = parse_ref(args.lease, kube.namespace, "--lease") if args.lease else None
+    except KubeConfigError as err:
+        print(f"pldns: {err}", file=sys.stderr)
+        return 2
+    client = KubeClient(kube)
+    try:
+        if configmap:
+            sinks.append(ConfigMapSink(client, *configmap))
+        elector = LeaseElector(client, *lease, default_identity()) if lease else None
+        return await run_sync(config, args.once, sinks, elector=elector)
+    finally:
+        await client.close()
 
 
 def check_sync_config(config: Config) -> str | None:

@@ -192,19 +192,16 @@ class Upstream:
 
     async def _open(self) -> Channel:
         loop = asyncio.get_running_loop()
-        sock = socket.socket(self.family, socket.SOCK_DGRAM)
-        sock.setblocking(False)
         # Stagger retirement: sockets opened together must not all reopen at the same time.
         quota = self.settings.socket_queries
         budget = quota if quota < 4 else random.randint(quota // 2, quota)
-        try:
-            sock.connect((self.address.host, self.address.port))  # port 0 bind: random port
-            _, channel = await loop.create_datagram_endpoint(
-                lambda: Channel(self.owner, budget), sock=sock
-            )
-        except BaseException:
-            sock.close()
-            raise
+        # A connected socket: the kernel picks a random ephemeral port, and drops datagrams
+        # from any other source before we see them.
+        _, channel = await loop.create_datagram_endpoint(
+            lambda: Channel(self.owner, budget),
+            remote_addr=(self.address.host, self.address.port),
+            family=self.family,
+        )
         return channel
 
     # -- TCP -------------------------------------------------------------------------------------
