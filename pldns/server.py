@@ -38,6 +38,19 @@ Send = Callable[[bytes], None]
 UDP_BUFFER = 4 * 1024 * 1024
 
 
+class Exchange:
+    """One query in progress: its bytes, who asked and how, when, and how to answer."""
+
+    __slots__ = ("data", "host", "proto", "send", "start")
+
+    def __init__(self, data: bytes, host: str, proto: str, send: Send, start: float) -> None:
+        self.data = data
+        self.host = host
+        self.proto = proto
+        self.send = send
+        self.start = start
+
+
 class Frontend:
     """Everything a listener needs to turn a query into a reply."""
 
@@ -66,14 +79,14 @@ class Frontend:
 
     def handle(self, data: bytes, host: str, proto: str, send: Send) -> bool:
         """Reply through `send` now or later; False when the packet gets no reply at all."""
-        start = time.perf_counter()
+        ex = Exchange(data, host, proto, send, time.perf_counter())
         if not self.accepting:
             return False
         if not self.acl.allowed(host):
-            return self._deny(data, host, proto, send, start)
+            return self._deny(ex)
         reply = self.resolver.fast(data, proto)
         if reply is not None:
-            self._reply(data, reply, SOURCE_OWNED, start, host, proto, send)
+            self._reply(ex, reply, SOURCE_OWNED)
             return True
         try:
             result = self.resolver.resolve(data, proto)
@@ -81,101 +94,60 @@ class Frontend:
             self.stats.dropped[drop.reason] += 1
             return False
         if type(result) is Local:
-            self._reply(data, result.reply, result.source, start, host, proto, send)
+            self._reply(ex, result.reply, result.source)
             return True
         q: Query = result  # type: ignore[assignment]
         if self.stats.inflight >= self.max_inflight:
             self.stats.rejected_inflight += 1
-            reply = build_error(data, REFUSED, q.qend, q.opt)
-            self._reply(data, reply, SOURCE_LOCAL, start, host, proto, send)
+            self._reply(ex, build_error(data, REFUSED, q.qend, q.opt), SOURCE_LOCAL)
             return True
-        self.stats.inflight += 1
         limit = udp_limit(q) if proto == "udp" else TCP_MAX
+        self.stats.inflight += 1  # _forwarded takes it back, whenever the outcome comes
         try:
-            self.forwarder.forward(
-                data,
-                q,
-                limit,
-                lambda reply: self._forwarded(data, q, limit, reply, host, proto, send, start),
-            )
+            self.forwarder.forward(data, q, limit, lambda got: self._forwarded(ex, q, limit, got))
         except DnsError as err:  # a malformed EDNS option found while rewriting
             self.stats.inflight -= 1
-            self._reply(
-                data,
-                build_error(data, err.rcode, q.qend, q.opt),
-                SOURCE_LOCAL,
-                start,
-                host,
-                proto,
-                send,
-            )
+            self._reply(ex, build_error(data, err.rcode, q.qend, q.opt), SOURCE_LOCAL)
         return True
 
-    def _reply(
-        self,
-        data: bytes,
-        reply: bytes,
-        source: str,
-        start: float,
-        host: str,
-        proto: str,
-        send: Send,
-    ) -> None:
-        send(reply)
-        seconds = time.perf_counter() - start
+    def _reply(self, ex: Exchange, reply: bytes, source: str) -> None:
+        ex.send(reply)
+        seconds = time.perf_counter() - ex.start
         self.stats.respond(reply, source, seconds)
         if self.querylog is not None and self.querylog.sampled():
             try:
-                q = scan_query(data)
+                q = scan_query(ex.data)
                 name, qtype = decode_name(q.qname), qtype_label(q.qtype)
             except (Drop, DnsError):
                 name, qtype = "-", "invalid"
             rcode = rcode_name(reply[3] & 0x0F)
-            self.querylog.write(host, proto, name, qtype, rcode, seconds * 1000, source)
+            self.querylog.write(ex.host, ex.proto, name, qtype, rcode, seconds * 1000, source)
 
-    def _forwarded(
-        self,
-        data: bytes,
-        q: Query,
-        limit: int,
-        reply: bytes | None,
-        host: str,
-        proto: str,
-        send: Send,
-        start: float,
-    ) -> None:
+    def _forwarded(self, ex: Exchange, q: Query, limit: int, reply: bytes | None) -> None:
         """The forwarder's outcome: relay the upstream's reply, or SERVFAIL when none came."""
         self.stats.inflight -= 1
+        data = ex.data
         if reply is None:
-            self._reply(
-                data,
-                build_error(data, SERVFAIL, q.qend, q.opt),
-                SOURCE_LOCAL,
-                start,
-                host,
-                proto,
-                send,
-            )
+            self._reply(ex, build_error(data, SERVFAIL, q.qend, q.opt), SOURCE_LOCAL)
             return
         if self.leaks is not None and self.leaks.watches(q.qname):
             self.leaks.inspect(q.qname, reply, q.qend)
         reply = data[:2] + reply[2:]
         if len(reply) > limit:
             reply = truncate(reply, q.qend, q.opt)
-        self._reply(data, reply, SOURCE_UPSTREAM, start, host, proto, send)
+        self._reply(ex, reply, SOURCE_UPSTREAM)
 
-    def _deny(self, data: bytes, host: str, proto: str, send: Send, start: float) -> bool:
+    def _deny(self, ex: Exchange) -> bool:
         """A client outside `allow`: REFUSED (counted as a local reply) or silence (dropped)."""
         if self.deny == "drop":
             self.stats.dropped["acl"] += 1
             return False
         try:
-            q = scan_query(data)
+            q = scan_query(ex.data)
         except (Drop, DnsError):
             self.stats.dropped["acl"] += 1
             return False
-        reply = build_error(data, REFUSED, q.qend, q.opt)
-        self._reply(data, reply, SOURCE_LOCAL, start, host, proto, send)
+        self._reply(ex, build_error(ex.data, REFUSED, q.qend, q.opt), SOURCE_LOCAL)
         return True
 
 
