@@ -152,7 +152,19 @@ class Forwarder:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             return
-        self._judge(p, reply)
+        rcode = reply[3] & 0x0F
+        if rcode in (SERVFAIL, REFUSED) or p.finished:
+            self._judge(p, reply)
+            return
+        # The common case, inline: a good answer.
+        up = p.up
+        assert up is not None and self._loop is not None
+        up.succeeded(self._loop.time() - p.sent_at)
+        p.finished = True
+        try:
+            p.done(reply)
+        except Exception:  # a reply that cannot be sent must not break the channel
+            log.exception("delivering a forwarded reply failed")
 
     def on_error(self, p: Pending, reason: str) -> None:
         if p.up is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import platform
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -34,6 +34,7 @@ from pldns.stats import Histogram
 
 if TYPE_CHECKING:
     from pldns.app import App
+    from pldns.sync import SyncState
 
 # The classic text format: every name here is a legacy (ASCII) name, so the body is 0.0.4 text.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -236,19 +237,7 @@ class AppCollector(Collector):
     # -- sync and the table --------------------------------------------------------------
 
     def _sync(self) -> Iterator[Metric]:
-        st = self.app.sync_state
-        yield _counter("pldns_sync_attempts_total", value=st.attempts)
-        failures = _counter("pldns_sync_failures_total", ["reason"])
-        for reason in _ordered(st.failures, SYNC_FAILURE_REASONS):
-            failures.add_metric([reason], st.failures.get(reason, 0))
-        yield failures
-        yield _gauge("pldns_sync_last_success_timestamp_seconds", st.last_success or 0)
-        yield _gauge("pldns_sync_duration_seconds", st.last_duration)
-        yield _gauge("pldns_sync_consecutive_failures", st.consecutive_failures)
-        age = st.age()
-        yield _gauge("pldns_snapshot_age_seconds", -1 if age is None else age)
-        yield _counter("pldns_snapshot_writes_total", value=st.snapshot_writes)
-        yield _counter("pldns_snapshot_errors_total", value=st.snapshot_errors)
+        yield from sync_families(self.app.sync_state)
 
     def _table(self) -> Iterator[Metric]:
         table = self.app.resolver.table
@@ -276,12 +265,32 @@ class AppCollector(Collector):
         yield _gauge("pldns_leaked_names", len(leaks.names) if leaks is not None else 0)
         ready, _reason = app.ready()
         yield _gauge("pldns_ready", 1 if ready else 0)
-        info = InfoMetricFamily("pldns_build", METRICS["pldns_build_info"][1], labels=[])
-        info.add_metric([], {"version": pldns.__version__, "python": platform.python_version()})
-        yield info
+        yield _build_info()
+
+
+def sync_families(st: SyncState) -> Iterator[Metric]:
+    """The sync and snapshot families: a resolver's, or `pldns sync`'s own."""
+    yield _counter("pldns_sync_attempts_total", value=st.attempts)
+    failures = _counter("pldns_sync_failures_total", ["reason"])
+    for reason in _ordered(st.failures, SYNC_FAILURE_REASONS):
+        failures.add_metric([reason], st.failures.get(reason, 0))
+    yield failures
+    yield _gauge("pldns_sync_last_success_timestamp_seconds", st.last_success or 0)
+    yield _gauge("pldns_sync_duration_seconds", st.last_duration)
+    yield _gauge("pldns_sync_consecutive_failures", st.consecutive_failures)
+    age = st.age()
+    yield _gauge("pldns_snapshot_age_seconds", -1 if age is None else age)
+    yield _counter("pldns_snapshot_writes_total", value=st.snapshot_writes)
+    yield _counter("pldns_snapshot_errors_total", value=st.snapshot_errors)
 
 
 # -- family constructors -------------------------------------------------------------------
+
+
+def _build_info() -> Metric:
+    info = InfoMetricFamily("pldns_build", METRICS["pldns_build_info"][1], labels=[])
+    info.add_metric([], {"version": pldns.__version__, "python": platform.python_version()})
+    return info
 
 
 def _help(name: str) -> str:
@@ -341,6 +350,28 @@ def registry_for(app: App) -> CollectorRegistry:
         registry.register(AppCollector(app))
         _registries[app] = registry
     return registry
+
+
+class SyncCollector(Collector):
+    """What `pldns sync` exports: the sync families, readiness and build info."""
+
+    def __init__(self, state: SyncState, ready: Callable[[], bool]) -> None:
+        self.state = state
+        self.ready = ready
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        yield from sync_families(self.state)
+        yield _gauge("pldns_ready", 1 if self.ready() else 0)
+        yield _build_info()
+
+
+def render_sync(state: SyncState, ready: Callable[[], bool]) -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SyncCollector(state, ready))
+    return generate_latest(registry), CONTENT_TYPE
 
 
 def render(app: App) -> tuple[bytes, str]:

@@ -38,6 +38,9 @@ DURATION_BUCKETS = (
 )  # fmt: skip
 
 
+_RCODE_LABELS = tuple(rcode_name(rcode) for rcode in range(16))
+
+
 def qtype_label(qtype: int) -> str:
     return QTYPE_LABELS.get(qtype, "other")
 
@@ -90,7 +93,7 @@ class Stats:
 
     def respond(self, reply: bytes, source: str, seconds: float) -> None:
         """Count a reply we send: its RCODE (extended RCODE not included), source, duration."""
-        self.responses[(rcode_name(reply[3] & 0x0F), source)] += 1
+        self.responses[(_RCODE_LABELS[reply[3] & 0x0F], source)] += 1
         hist = self.duration.get(source)
         if hist is None:
             hist = self.duration[source] = Histogram()

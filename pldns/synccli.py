@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -11,6 +12,8 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from pldns.config import Config
+from pldns.httpapi import HttpApi
+from pldns.metrics import render_sync
 from pldns.privatelink import PrivateLinkSource, api_host
 from pldns.snapshot import FileSink, SnapshotSink
 from pldns.sourceconfig import SOURCE_PRIVATELINK
@@ -84,17 +87,68 @@ async def run_sync(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if elector is not None:
+    http = await start_http(config, syncer.state, elector)
+    try:
+        if elector is not None:
 
-        def term(lost: asyncio.Event) -> Awaitable[None]:
-            # A fresh Syncer each term publishes its first round even if an earlier term of
-            # this replica published the same bytes (another leader may have written since).
-            return Syncer(config, syncer.source, lambda table: None, sinks, syncer.state).run(lost)
+            def term(lost: asyncio.Event) -> Awaitable[None]:
+                # A fresh Syncer each term publishes its first round even if an earlier term
+                # of this replica published the same bytes (another leader may have written).
+                return Syncer(config, syncer.source, lambda t: None, sinks, syncer.state).run(lost)
 
-        await elector.run_as_leader(term, stop)
-        return 0
-    await syncer.run(stop)
+            await elector.run_as_leader(term, stop)
+        else:
+            await syncer.run(stop)
+    finally:
+        if http is not None:
+            await http.close()
     return 0
+
+
+def sync_ready(state: SyncState, elector: LeaseElector | None) -> tuple[bool, str]:
+    """A syncer is ready once a round has worked; a replica standing by is ready too."""
+    if elector is not None and not elector.is_leader:
+        return True, "standing by (not the leader)"
+    if state.last_success is None:
+        return False, f"no successful sync yet ({state.last_error or 'first round running'})"
+    return True, "ready"
+
+
+async def start_http(
+    config: Config, state: SyncState, elector: LeaseElector | None
+) -> HttpApi | None:
+    """/healthz, /readyz, /metrics (the sync families) and /status for the syncer itself."""
+    if config.http.listen is None:
+        return None
+
+    def readyz() -> tuple[int, str, bytes]:
+        ok, reason = sync_ready(state, elector)
+        return (200 if ok else 503), "text/plain", (reason + "\n").encode()
+
+    def metrics() -> tuple[int, str, bytes]:
+        body, ctype = render_sync(state, lambda: sync_ready(state, elector)[0])
+        return 200, ctype, body
+
+    def status() -> tuple[int, str, bytes]:
+        doc = {
+            "role": "syncer",
+            "leader": None if elector is None else elector.is_leader,
+            "ready": sync_ready(state, elector)[0],
+            "sync": {**vars(state), "age": state.age()},
+        }
+        return 200, "application/json", json.dumps(doc, indent=2, default=str).encode() + b"\n"
+
+    http = HttpApi(
+        {
+            "/healthz": lambda: (200, "text/plain", b"ok\n"),
+            "/readyz": readyz,
+            "/metrics": metrics,
+            "/status": status,
+        }
+    )
+    await http.start(*config.http.listen)
+    log.info("HTTP endpoint on %s:%d (/metrics /healthz /readyz /status)", *config.http.listen)
+    return http
 
 
 async def run_sync_command(config: Config, args: argparse.Namespace) -> int:

@@ -473,6 +473,7 @@ def sync_setup(tmp_path: Path, cloud: Any, api: KubeApiEmulator) -> tuple[Path, 
         "services": {"eci": {"domains": ["eci-vpc.{region}.aliyuncs.com"]}},
         "answers": {"ttl": 1},
         "sync": {"source": "privatelink", "interval": 1, "jitter": 0},
+        "http": {"listen": "off"},  # two replicas on one host would share its port
         "privatelink": {
             "vpc_id": "vpc-test",
             "endpoint": cloud.endpoint,

@@ -590,6 +590,17 @@ def test_fan_out_through_a_snapshot_file(run: Pldns, emu: OpenApiEmulator, tmp_p
         ["sync", "--config", str(syncer_cfg), "--out", str(mount / "..v1" / "snapshot.json")],
     )
     wait_until((mount / "snapshot.json").exists, START_TIMEOUT, "the syncer's first snapshot")
+    # The syncer's own endpoint: ready once a round worked, the sync families, its state.
+    syncer_cfg_doc = yaml.safe_load(syncer_cfg.read_text())
+    wait_until(lambda: status(syncer_cfg_doc)["ready"], START_TIMEOUT, "the syncer ready")
+    base = f"http://{syncer_cfg_doc['http']['listen']}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(base + "/readyz", timeout=2) as resp:
+        assert resp.status == 200
+    with opener.open(base + "/metrics", timeout=2) as resp:
+        metrics_text = resp.read().decode()
+    assert "pldns_sync_attempts_total" in metrics_text and "pldns_ready 1.0" in metrics_text
+    assert status(syncer_cfg_doc)["role"] == "syncer"
 
     node_cfg = config(
         None, sync={"source": "file", "file": str(mount / "snapshot.json"), "poll": 0.3}
