@@ -20,7 +20,7 @@ from pldns.sourceconfig import SOURCE_PRIVATELINK
 from pldns.sync import Syncer, SyncState
 
 if TYPE_CHECKING:
-    from pldns.kube import LeaseElector
+    from pldns.lease import LeaseElector
 
 log = logging.getLogger("pldns.sync")
 
@@ -160,11 +160,11 @@ async def run_sync_command(config: Config, args: argparse.Namespace) -> int:
         ConfigMapSink,
         KubeClient,
         KubeConfigError,
-        LeaseElector,
         default_identity,
         kube_config,
         parse_ref,
     )
+    from pldns.lease import LeaseElector
 
     try:
         if args.once and args.lease:

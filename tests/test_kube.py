@@ -33,12 +33,12 @@ from pldns.kube import (
     KubeConfig,
     KubeConfigError,
     KubeError,
-    LeaseElector,
     default_identity,
     kube_config,
     micro_time,
     parse_ref,
 )
+from pldns.lease import LeaseElector
 from pldns.snapshot import Snapshot, decode, encode
 from pldns.table import Addresses
 from tests.emulator.kubeapi import KubeApiEmulator
