@@ -8,7 +8,7 @@ A usable IP is an endpoint that is Active and Connected with a zone that is Conn
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,75 +130,71 @@ class PrivateLinkSource:
             read_timeout=int(self.settings.read_timeout * 1000),
         )
 
+    async def _pages(self, call: Any, request_for: Callable[[str | None], Any]) -> list[Any]:
+        """Every page's body of a NextToken-paged call (an empty or missing token ends it)."""
+        bodies = []
+        token: str | None = None
+        while True:
+            try:
+                resp = await call(request_for(token), self._runtime())
+            except Exception as err:
+                raise classify(err) from err
+            bodies.append(resp.body)
+            token = resp.body.next_token
+            if not token:
+                return bodies
+
     async def list_endpoints(self) -> list[Endpoint]:
         from alibabacloud_privatelink20200415 import models
 
-        out: list[Endpoint] = []
-        token: str | None = None
-        while True:
-            req = models.ListVpcEndpointsRequest(
+        bodies = await self._pages(
+            self.client().list_vpc_endpoints_with_options_async,
+            lambda token: models.ListVpcEndpointsRequest(
                 region_id=self.region,
                 vpc_id=self.settings.vpc_id or None,
                 max_results=self.settings.page_size,
                 next_token=token,
+            ),
+        )
+        return [
+            Endpoint(
+                endpoint_id=ep.endpoint_id or "",
+                name=ep.endpoint_name or "",
+                service_name=ep.service_name or "",
+                status=ep.endpoint_status or "",
+                connection=ep.connection_status or "",
+                vpc_id=ep.vpc_id or "",
+                tags=tuple(sorted((t.key or "", t.value or "") for t in ep.tags or [])),
+                domain=ep.endpoint_domain or "",
             )
-            try:
-                resp = await self.client().list_vpc_endpoints_with_options_async(
-                    req, self._runtime()
-                )
-            except Exception as err:
-                raise classify(err) from err
-            body = resp.body
-            for ep in body.endpoints or []:
-                tags = tuple(sorted((t.key or "", t.value or "") for t in ep.tags or []))
-                out.append(
-                    Endpoint(
-                        endpoint_id=ep.endpoint_id or "",
-                        name=ep.endpoint_name or "",
-                        service_name=ep.service_name or "",
-                        status=ep.endpoint_status or "",
-                        connection=ep.connection_status or "",
-                        vpc_id=ep.vpc_id or "",
-                        tags=tags,
-                        domain=ep.endpoint_domain or "",
-                    )
-                )
-            token = body.next_token
-            if not token:
-                return out
+            for body in bodies
+            for ep in body.endpoints or []
+        ]
 
     async def list_zones(self, endpoint_id: str) -> list[Zone]:
         from alibabacloud_privatelink20200415 import models
 
-        out: list[Zone] = []
-        token: str | None = None
-        while True:
-            req = models.ListVpcEndpointZonesRequest(
+        bodies = await self._pages(
+            self.client().list_vpc_endpoint_zones_with_options_async,
+            lambda token: models.ListVpcEndpointZonesRequest(
                 region_id=self.region,
                 endpoint_id=endpoint_id,
                 max_results=self.settings.page_size,
                 next_token=token,
+            ),
+        )
+        return [
+            Zone(
+                zone_id=z.zone_id or "",
+                status=z.zone_status or "",
+                eni_id=z.eni_id or "",
+                eni_ip=z.eni_ip or "",
+                ipv6=z.zone_ipv_6address or "",
+                vswitch_id=z.v_switch_id or "",
             )
-            try:
-                resp = await self.client().list_vpc_endpoint_zones_with_options_async(
-                    req, self._runtime()
-                )
-            except Exception as err:
-                raise classify(err) from err
-            for z in resp.body.zones or []:
-                out.append(
-                    Zone(
-                        zone_id=z.zone_id or "",
-                        status=z.zone_status or "",
-                        eni_id=z.eni_id or "",
-                        eni_ip=z.eni_ip or "",
-                        ipv6=z.zone_ipv_6address or "",
-                        vswitch_id=z.v_switch_id or "",
-                    )
-                )
-            token = resp.body.next_token
-            if not token:
-                return out
+            for body in bodies
+            for z in body.zones or []
+        ]
 
     async def fetch(self) -> SourceResult:
         endpoints = await self.list_endpoints()

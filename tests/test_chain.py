@@ -26,6 +26,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from tests.fakes.peers import unbound_server
 from tests.fakes.proc import OWNED, OWNED_2, OWNED_IPS, free_port
 from tests.fakes.upstream import FakeUpstream
 
@@ -92,25 +93,7 @@ def unbound_command(workdir: Path, port: int, pldns_port: int, upstream_port: in
         pytest.skip("unbound is not installed")
     conf = workdir / "unbound.conf"
     conf.write_text(
-        "server:\n"
-        f"  interface: 127.0.0.1@{port}\n"
-        f"  port: {port}\n"
-        "  do-ip4: yes\n"
-        "  do-ip6: no\n"
-        '  chroot: ""\n'
-        '  username: ""\n'
-        f'  directory: "{workdir}"\n'
-        '  pidfile: ""\n'
-        "  use-syslog: no\n"
-        '  logfile: ""\n'
-        "  verbosity: 1\n"
-        "  num-threads: 1\n"
-        '  module-config: "iterator"\n'
-        "  do-not-query-localhost: no\n"
-        "  outgoing-interface: 127.0.0.1\n"
-        "  access-control: 127.0.0.0/8 allow\n"
-        '  local-zone: "test." nodefault\n'
-        "remote-control:\n"
+        unbound_server(workdir, port) + "remote-control:\n"
         "  control-enable: no\n"
         "forward-zone:\n"
         '  name: "aliyuncs.com."\n'

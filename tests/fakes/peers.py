@@ -98,6 +98,33 @@ class _Peer:
             proc.wait(5)
 
 
+def unbound_server(workdir: Path, port: int) -> str:
+    """unbound's `server:` section for a test instance: loopback only, foreground-friendly,
+    no chroot/user switch, no DNSSEC, allowed to forward to 127.0.0.1, .test not blocked."""
+    return (
+        "server:\n"
+        f"  interface: 127.0.0.1@{port}\n"
+        f"  port: {port}\n"
+        "  do-ip4: yes\n"
+        "  do-ip6: no\n"
+        "  do-udp: yes\n"
+        "  do-tcp: yes\n"
+        '  chroot: ""\n'
+        '  username: ""\n'
+        f'  directory: "{workdir}"\n'
+        '  pidfile: ""\n'
+        "  use-syslog: no\n"
+        '  logfile: ""\n'
+        "  verbosity: 1\n"
+        "  num-threads: 1\n"
+        '  module-config: "iterator"\n'
+        "  do-not-query-localhost: no\n"
+        "  outgoing-interface: 127.0.0.1\n"
+        "  access-control: 127.0.0.0/8 allow\n"
+        '  local-zone: "test." nodefault\n'
+    )
+
+
 class Unbound(_Peer):
     binary = "unbound"
 
@@ -106,27 +133,7 @@ class Unbound(_Peer):
         www = "".join(f'  local-data: "{WWW}. 60 IN A {ip}"\n' for ip in WWW_IPS)
         conf = self.workdir / "unbound.conf"
         conf.write_text(
-            "server:\n"
-            f"  interface: 127.0.0.1@{self.port}\n"
-            f"  port: {self.port}\n"
-            "  do-ip4: yes\n"
-            "  do-ip6: no\n"
-            "  do-udp: yes\n"
-            "  do-tcp: yes\n"
-            '  chroot: ""\n'
-            '  username: ""\n'
-            f'  directory: "{self.workdir}"\n'
-            '  pidfile: ""\n'
-            "  use-syslog: no\n"
-            '  logfile: ""\n'
-            "  verbosity: 1\n"
-            "  num-threads: 1\n"
-            '  module-config: "iterator"\n'
-            "  do-not-query-localhost: no\n"
-            "  outgoing-interface: 127.0.0.1\n"
-            "  access-control: 127.0.0.0/8 allow\n"
-            '  local-zone: "." refuse\n'
-            '  local-zone: "test." nodefault\n'
+            unbound_server(self.workdir, self.port) + '  local-zone: "." refuse\n'
             f'  local-zone: "{ZONE}." static\n'
             f"{www}{txt}"
             "remote-control:\n"
