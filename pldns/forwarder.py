@@ -124,10 +124,14 @@ class Forwarder:
                 return
             up = ups[p.turn % len(ups)]
             p.turn += 1
-            if up not in p.said_no:
+            if up in p.said_no:
+                continue
+            ch = up.channel()
+            if ch is not None and ch.transport is not None:
                 break
-        ch = up.channel()
-        if ch is None or ch.transport is None:
+            if up.unreachable:  # no socket can be opened to it (no route): the next one
+                up.failed("error", time.monotonic())
+                continue
             p.turn -= 1  # the pool is reopening: the same upstream, a moment later
             loop.call_later(RETRY_OPENING, self._attempt, p)
             return

@@ -127,6 +127,7 @@ class Upstream:
         self.channels: list[Channel] = []
         self._next = 0
         self._filling: asyncio.Task[None] | None = None
+        self.unreachable = False  # the last attempt to open a socket to it failed
         self.fails = 0
         self.retry_at = 0.0
         self.last_error = ""
@@ -185,8 +186,10 @@ class Upstream:
         try:
             while len(self.channels) < self.settings.udp_sockets:
                 self.channels.append(await self._open())
+            self.unreachable = False
         except OSError as err:  # e.g. no route: queries see it as errors, and fail over
             self.last_error = f"socket: {err}"
+            self.unreachable = not self.channels
         finally:
             self._filling = None
 
