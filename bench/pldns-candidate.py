@@ -47,6 +47,8 @@ def build_config(
         "upstreams": [upstream],
         "allow": list(LOOPBACK),
         "answers": {"ttl": ttl},
+        # The harness stops each server with SIGTERM and kills it 5 s later: no lame duck.
+        "lifecycle": {"lame_duck": 0, "drain": 1},
         "services": services,
     }
 
