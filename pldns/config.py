@@ -172,6 +172,9 @@ def parse_config(data: Any, source: str = "") -> Config:
     listen = top.listed("listen", lambda p, v: _hostport(problems, p, v), list(DEFAULT_LISTEN))
     if top.has("listen") and not listen and not problems.items:
         problems.add("listen", "expected at least one address")
+    for index, address in enumerate(listen):
+        if address in listen[:index]:
+            problems.add(f"listen[{index}]", f"{address} is listed twice")
     upstreams: list[HostPort | str] = top.listed(
         "upstreams", lambda p, v: _upstream(problems, p, v), list(DEFAULT_UPSTREAMS)
     )

@@ -126,6 +126,11 @@ MISTAKES = [
     ("unknown-service-key", with_change("services.eci.typo", 1), "services.eci.typo: unknown key"),
     ("listen-not-list", with_change("listen", "127.0.0.1"), "listen: expected a list"),
     ("listen-empty", with_change("listen", []), "listen: expected at least one"),
+    (
+        "listen-twice",
+        with_change("listen", ["127.0.0.1:1053", "127.0.0.1:1053"]),
+        "listen[1]: 127.0.0.1:1053 is listed twice",
+    ),
     ("ttl-string", with_change("answers.ttl", "30"), "answers.ttl: expected an integer"),
     ("ttl-bool", with_change("answers.ttl", True), "answers.ttl: expected an integer"),
     ("ttl-float", with_change("answers.ttl", 1.5), "answers.ttl: expected an integer"),
