@@ -183,7 +183,8 @@ class TcpConnection(asyncio.Protocol):
         self.buffer = bytearray()
         self.host = ""
         self.pending = 0
-        self.paused = False
+        self.paused = False  # reading paused (see _serve_buffer)
+        self.write_blocked = False
         self.idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -221,15 +222,16 @@ class TcpConnection(asyncio.Protocol):
         self._serve_buffer()
 
     def _serve_buffer(self) -> None:
-        """Hand complete messages to the frontend, at most `max_pipelined` in progress.
+        """Hand complete messages to the frontend while the connection is not blocked.
 
-        Several messages can arrive in one read: past the limit they wait in the buffer
-        (and reading pauses) until replies go out.
+        Blocked means `max_pipelined` queries in progress, or replies piling up unread in
+        the send buffer (a client that writes but does not read): reading then pauses and
+        the rest waits in the buffer, so neither side can grow memory without bound.
         """
         buf = self.buffer
         transport = self.transport
         while len(buf) >= 2 and transport is not None and not transport.is_closing():
-            if self.pending >= self.settings.max_pipelined:
+            if self.pending >= self.settings.max_pipelined or self.write_blocked:
                 if not self.paused:
                     self.paused = True
                     transport.pause_reading()
@@ -247,16 +249,32 @@ class TcpConnection(asyncio.Protocol):
                 self.pending -= 1
                 log.exception("TCP query handling failed")
 
+    def _unblock(self) -> None:
+        transport = self.transport
+        if (
+            self.paused
+            and transport is not None
+            and self.pending < self.settings.max_pipelined
+            and not self.write_blocked
+        ):
+            self.paused = False
+            transport.resume_reading()
+            self._serve_buffer()  # messages that arrived while blocked
+
     def _send(self, reply: bytes) -> None:
         self.pending -= 1
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         transport.write(len(reply).to_bytes(2, "big") + reply)
-        if self.paused and self.pending < self.settings.max_pipelined:
-            self.paused = False
-            transport.resume_reading()
-            self._serve_buffer()  # messages that arrived while at the limit
+        self._unblock()
+
+    def pause_writing(self) -> None:
+        self.write_blocked = True  # the transport's send buffer is over its high-water mark
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        self._unblock()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle is not None:
