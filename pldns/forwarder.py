@@ -65,6 +65,7 @@ class Forwarder:
 
     def __init__(self, addresses: Sequence[HostPort], settings: Forward, stats: Stats) -> None:
         self.settings = settings
+        self.try_timeout = settings.try_timeout
         self.upstreams = [Upstream(a, settings, stats.upstream(str(a)), self) for a in addresses]
         self.ids = QueryIds()
         self.all_up = True  # no upstream backed off: the configured order stands
@@ -107,7 +108,7 @@ class Forwarder:
             done,
         )
         p.deadline = loop.time() + self.settings.deadline
-        p.ups = self.order(time.monotonic())
+        p.ups = self.upstreams if self.all_up else self.order(time.monotonic())
         p.attempts = max(3, 2 * len(p.ups))
         self._attempt(p)
 
@@ -143,7 +144,9 @@ class Forwarder:
         ch.pending[qid] = p
         up.stats.requests += 1
         ch.transport.sendto(qid.to_bytes(2, "big") + p.packet[2:])
-        expires = now + min(self.settings.try_timeout, p.deadline - now)
+        expires = now + self.try_timeout
+        if expires > p.deadline:
+            expires = p.deadline
         heapq.heappush(self._heap, (expires, token, ch, qid))
         if self._tick is None:
             self._tick = loop.call_at(max(expires, now + SWEEP_EVERY), self._sweep)

@@ -9,7 +9,7 @@ import itertools
 from dataclasses import dataclass
 
 from pldns.errors import SERVFAIL, BadVersion, DnsError, Refused
-from pldns.stats import Stats, qtype_label
+from pldns.stats import QTYPE_LABELS, Stats
 from pldns.table import RecordTable
 from pldns.wire import (
     CLASS_IN,
@@ -75,7 +75,7 @@ class Resolver:
         except DnsError as err:
             self.stats.requests[(proto, "invalid")] += 1
             return Local(build_error(data, err.rcode, err.qend), SOURCE_LOCAL)
-        self.stats.requests[(proto, qtype_label(q.qtype))] += 1
+        self.stats.requests[(proto, QTYPE_LABELS.get(q.qtype, "other"))] += 1
         try:
             return self._decide(data, q, proto)
         except DnsError as err:
