@@ -66,10 +66,6 @@ class Refused(DnsError):
     rcode = REFUSED
 
 
-class ServerFailure(DnsError):
-    rcode = SERVFAIL
-
-
 class ConfigError(Exception):
     """A config that cannot be used; `problems` are 'dotted.key: what was expected' lines."""
 

@@ -233,10 +233,6 @@ class Forwarder:
         if heap:
             self._tick = loop.call_at(max(heap[0][0], now + SWEEP_EVERY), self._sweep)
 
-    @property
-    def waiting(self) -> int:
-        return sum(len(ch.pending) for up in self.upstreams for ch in up.channels)
-
     def close(self) -> None:
         if self._tick is not None:
             self._tick.cancel()

@@ -50,7 +50,6 @@ SOURCES = (SOURCE_OWNED, SOURCE_UPSTREAM, SOURCE_LOCAL)
 FORWARD_FAILURE_REASONS = ("timeout", "error", "servfail", "refused")
 DROP_REASONS = ("runt", "response", "acl")
 RELOAD_RESULTS = ("success", "failure")
-FAMILIES = ("ipv4", "ipv6")
 
 # name -> (type, help). The order is the order of docs/metrics.md and the README table.
 METRICS: dict[str, tuple[str, str]] = {

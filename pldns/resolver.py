@@ -27,7 +27,6 @@ from pldns.wire import (
 )
 
 WHEN_UNKNOWN_FORWARD = "forward"
-WHEN_UNKNOWN_SERVFAIL = "servfail"
 
 # Where a reply came from, for metrics and the query log (bounded label values).
 SOURCE_OWNED = "owned"

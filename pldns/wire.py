@@ -11,10 +11,9 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from pldns.errors import BADVERS, Drop, FormatError, NotImplementedOpcode
+from pldns.errors import Drop, FormatError, NotImplementedOpcode
 
 TYPE_A = 1
-TYPE_NS = 2
 TYPE_SOA = 6
 TYPE_AAAA = 28
 TYPE_OPT = 41
@@ -279,18 +278,6 @@ def reply_matches(reply: bytes, qid: int, question: bytes) -> bool:
     )
 
 
-def rcode_of(reply: bytes) -> int:
-    return reply[3] & 0x0F
-
-
-def is_truncated(reply: bytes) -> bool:
-    return bool(reply[2] & 0x02)
-
-
-def with_id(reply: bytes, id_bytes: bytes) -> bytes:
-    return id_bytes + reply[2:]
-
-
 def encode_name(name: str) -> bytes:
     """Presentation name -> wire format (for building tables and tests, not the hot path)."""
     out = bytearray()
@@ -315,21 +302,3 @@ def decode_name(wire: bytes) -> str:
         labels.append(wire[i + 1 : i + 1 + ln].decode("ascii", "backslashreplace"))
         i += ln + 1
     return ".".join(labels) + "."
-
-
-__all__ = [
-    "BADVERS",
-    "CLASS_IN",
-    "OUR_PAYLOAD",
-    "TCP_MAX",
-    "TYPE_A",
-    "TYPE_AAAA",
-    "TYPE_ANY",
-    "Opt",
-    "Query",
-    "build_answer",
-    "build_error",
-    "build_upstream_query",
-    "scan_query",
-    "truncate",
-]

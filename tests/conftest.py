@@ -7,11 +7,6 @@ stopped at teardown with bounded waits. See tests/fakes/ for the classes behind 
 from __future__ import annotations
 
 import os
-
-# No test may reach the ECS metadata address (100.100.100.200) through the SDK's default
-# credentials chain: tests run on loopback only.
-os.environ.setdefault("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
-
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +22,14 @@ from tests.fakes.proc import (
     merge,
 )
 from tests.fakes.upstream import FakeUpstream
+
+# No test may reach the ECS metadata address (100.100.100.200) through the SDK's default
+# credentials chain: tests run on loopback only. (Nothing above imports the SDK, which reads
+# these variables when it is imported.)
+os.environ.setdefault("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
+# Nor through a proxy: the SDK and urllib honour these, and loopback traffic must stay there.
+for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    os.environ.pop(_var, None)
 
 
 @pytest.fixture

@@ -22,16 +22,11 @@ from alibabacloud_tea_openapi.exceptions import ClientException
 from darabonba.runtime import RuntimeOptions
 
 from tests.emulator import OpenApiEmulator
-from tests.emulator.sdk import clear_proxy_env, sdk_config
+from tests.emulator.sdk import sdk_config
 
 REGION = "cn-hangzhou"
 ECI = f"com.aliyuncs.privatelink.{REGION}.eci"
 VPC = f"com.aliyuncs.privatelink.{REGION}.vpc"
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_proxy_env(monkeypatch)
 
 
 @pytest.fixture

@@ -27,17 +27,12 @@ from darabonba.policy.retry import RetryOptions
 from darabonba.runtime import RuntimeOptions
 
 from tests.emulator import TEST_ACCESS_KEY_ID, TEST_ACCESS_KEY_SECRET, Call, OpenApiEmulator
-from tests.emulator.sdk import clear_proxy_env, sdk_config
+from tests.emulator.sdk import sdk_config
 from tests.emulator.signature import acs3_signature
 
 REGION = "cn-hangzhou"
 ECI = f"com.aliyuncs.privatelink.{REGION}.eci"
 LIST = pl.ListVpcEndpointsRequest(region_id=REGION)
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_proxy_env(monkeypatch)
 
 
 @pytest.fixture

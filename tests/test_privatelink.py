@@ -21,7 +21,7 @@ from pldns.source import SourceError, SourceResult
 from pldns.sync import Syncer
 from pldns.table import RecordTable
 from tests.emulator import TEST_ACCESS_KEY_ID, TEST_ACCESS_KEY_SECRET, OpenApiEmulator
-from tests.emulator.sdk import clear_proxy_env, sdk_config
+from tests.emulator.sdk import sdk_config
 
 REGION = "cn-hangzhou"
 ECI = f"com.aliyuncs.privatelink.{REGION}.eci"
@@ -29,11 +29,6 @@ VPC = f"com.aliyuncs.privatelink.{REGION}.vpc"
 ECS = f"com.aliyuncs.privatelink.{REGION}.ecs-internal"
 ACS = f"com.aliyuncs.privatelink.{REGION}.acc-internal"
 REQUEST_ID = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$")
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_proxy_env(monkeypatch)
 
 
 @pytest.fixture
