@@ -12,20 +12,22 @@ import logging
 import time
 from collections import Counter
 
-from pldns.acl import Acl
-from pldns.config import Config, HostPort
-from pldns.forwarder import Forwarder
-from pldns.leak import LeakDetector
-from pldns.logs import QueryLog
-from pldns.resolvconf import upstream_addresses
-from pldns.resolver import Resolver
-from pldns.server import Frontend, Listener, TcpConnection
-from pldns.snapshot import FileSink, SnapshotSink
-from pldns.source import EndpointSource, FileSource
-from pldns.sourceconfig import SOURCE_FILE, SOURCE_PRIVATELINK
-from pldns.stats import Stats
-from pldns.sync import Syncer, SyncState
-from pldns.table import RecordTable
+from pldns.config import Config
+from pldns.config.resolvconf import upstream_addresses
+from pldns.config.sync import SOURCE_FILE, SOURCE_PRIVATELINK
+from pldns.dns.acl import Acl
+from pldns.dns.answer import Resolver
+from pldns.dns.forwarder import Forwarder
+from pldns.dns.leak import LeakDetector
+from pldns.dns.listeners import Listener, TcpConnection
+from pldns.dns.pipeline import Frontend
+from pldns.dns.querylog import QueryLog
+from pldns.dns.settings import HostPort
+from pldns.dns.stats import Stats
+from pldns.dns.table import RecordTable
+from pldns.sync.loop import Syncer, SyncState
+from pldns.sync.snapshot import FileSink, SnapshotSink
+from pldns.sync.source import EndpointSource, FileSource
 
 log = logging.getLogger("pldns")
 
@@ -34,7 +36,7 @@ DRAIN_POLL = 0.01
 
 def make_source(config: Config) -> EndpointSource | None:
     if config.sync.source == SOURCE_PRIVATELINK:
-        from pldns.privatelink import PrivateLinkSource  # the SDK is imported only when used
+        from pldns.sync.privatelink import PrivateLinkSource  # the SDK is imported only when used
 
         return PrivateLinkSource(config.privatelink, config.region, config.services)
     if config.sync.source == SOURCE_FILE:

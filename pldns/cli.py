@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pldns import __version__, logs
 from pldns.config import Config, load_config
-from pldns.errors import ConfigError
-from pldns.resolvconf import upstream_addresses
+from pldns.config.resolvconf import upstream_addresses
+from pldns.config.schema import ConfigError
 
 EXIT_CONFIG = 2
 
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cloud(args: argparse.Namespace) -> int:
-    from pldns.discovery import run_discover
+    from pldns.sync.discovery import run_discover
     from pldns.synccli import check_sync_config, run_sync_command
 
     _setup_logging(getattr(args, "log_level", "warning"))

@@ -28,13 +28,13 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 import pldns
-from pldns.resolver import SOURCE_LOCAL, SOURCE_OWNED, SOURCE_UPSTREAM
-from pldns.source import REASONS as SYNC_FAILURE_REASONS
-from pldns.stats import Histogram
+from pldns.dns.answer import SOURCE_LOCAL, SOURCE_OWNED, SOURCE_UPSTREAM
+from pldns.dns.stats import Histogram
+from pldns.sync.source import REASONS as SYNC_FAILURE_REASONS
 
 if TYPE_CHECKING:
     from pldns.app import App
-    from pldns.sync import SyncState
+    from pldns.sync.loop import SyncState
 
 # The classic text format: every name here is a legacy (ASCII) name, so the body is 0.0.4 text.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

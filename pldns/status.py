@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 import pldns
-from pldns.config import Service
-from pldns.table import Addresses
+from pldns.config.dns import Service
+from pldns.dns.table import Addresses
 
 if TYPE_CHECKING:
     from pldns.app import App

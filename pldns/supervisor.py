@@ -20,7 +20,7 @@ from pathlib import Path
 from pldns import logs
 from pldns.app import App, config_version
 from pldns.config import load_config
-from pldns.errors import ConfigError
+from pldns.config.schema import ConfigError
 from pldns.httpapi import HttpApi, Route
 from pldns.notify import notify
 

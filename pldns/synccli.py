@@ -12,15 +12,15 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from pldns.config import Config
+from pldns.config.sync import SOURCE_PRIVATELINK
 from pldns.httpapi import HttpApi
 from pldns.metrics import render_sync
-from pldns.privatelink import PrivateLinkSource, api_host
-from pldns.snapshot import FileSink, SnapshotSink
-from pldns.sourceconfig import SOURCE_PRIVATELINK
-from pldns.sync import Syncer, SyncState
+from pldns.sync.loop import Syncer, SyncState
+from pldns.sync.privatelink import PrivateLinkSource, api_host
+from pldns.sync.snapshot import FileSink, SnapshotSink
 
 if TYPE_CHECKING:
-    from pldns.lease import LeaseElector
+    from pldns.sync.lease import LeaseElector
 
 log = logging.getLogger("pldns.sync")
 
@@ -156,7 +156,7 @@ async def run_sync_command(config: Config, args: argparse.Namespace) -> int:
     sinks = sinks_for(config, args.out)
     if not (getattr(args, "configmap", None) or getattr(args, "lease", None)):
         return await run_sync(config, args.once, sinks)
-    from pldns.kube import (
+    from pldns.sync.kube import (
         ConfigMapSink,
         KubeClient,
         KubeConfigError,
@@ -164,7 +164,7 @@ async def run_sync_command(config: Config, args: argparse.Namespace) -> int:
         kube_config,
         parse_ref,
     )
-    from pldns.lease import LeaseElector
+    from pldns.sync.lease import LeaseElector
 
     try:
         if args.once and args.lease:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import pldns.acl
-from pldns.acl import Acl
-from pldns.config import DEFAULT_ALLOW
+import pldns.dns.acl
+from pldns.config.dns import DEFAULT_ALLOW
+from pldns.dns.acl import Acl
 
 ACL = Acl(["127.0.0.0/8", "10.0.0.0/8", "192.168.1.0/24", "::1/128", "fd00::/8", "fe80::/10"])
 
@@ -73,7 +73,7 @@ def test_empty_acl_denies_everything():
 
 
 def test_cache_is_bounded(monkeypatch):
-    monkeypatch.setattr(pldns.acl, "_CACHE_MAX", 100)
+    monkeypatch.setattr(pldns.dns.acl, "_CACHE_MAX", 100)
     acl = Acl(["10.0.0.0/8"])
     for i in range(1000):
         acl.allowed(f"10.0.{i >> 8}.{i & 255}")

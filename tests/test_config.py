@@ -7,18 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pldns.config import (
-    DEFAULT_ALLOW,
-    RESOLV_CONF,
-    Answers,
-    Forward,
-    HostPort,
-    Service,
-    Tcp,
-    load_config,
-    parse_config,
-)
-from pldns.errors import ConfigError
+from pldns.config import load_config, parse_config
+from pldns.config.dns import DEFAULT_ALLOW, RESOLV_CONF, Service
+from pldns.config.schema import ConfigError
+from pldns.dns.settings import Answers, Forward, HostPort, Tcp
 
 FULL = {
     "region": "cn-hangzhou",

@@ -88,7 +88,7 @@ def test_wheel_installs_and_runs_in_a_clean_venv(tmp_path: Path) -> None:
         )  # fmt: skip
         assert done.returncode == 0, f"{rel(config)}:\n{done.stdout}{done.stderr}"
     code = (
-        "import pldns, pldns.kube, pldns.lease, pldns.privatelink, pldns.synccli;"
+        "import pldns, pldns.sync.kube, pldns.sync.lease, pldns.sync.privatelink, pldns.synccli;"
         "import alibabacloud_privatelink20200415.client, alibabacloud_credentials.client;"
         "print(pldns.__file__)"
     )

@@ -9,9 +9,9 @@ import dns.message
 import dns.rdatatype
 import pytest
 
-from pldns.resolver import Local, Resolver
-from pldns.stats import Stats
-from pldns.table import Addresses, build_table
+from pldns.dns.answer import Local, Resolver
+from pldns.dns.stats import Stats
+from pldns.dns.table import Addresses, build_table
 
 NAMES = ["eci-vpc.cn-hangzhou.aliyuncs.com", "vpc.cn-hangzhou.aliyuncs.com"]
 

@@ -8,10 +8,10 @@ import time
 import dns.message
 import dns.rcode
 
-from pldns.config import Forward, HostPort
-from pldns.forwarder import Forwarder
-from pldns.stats import Stats
-from pldns.wire import scan_query
+from pldns.dns.forwarder import Forwarder
+from pldns.dns.settings import Forward, HostPort
+from pldns.dns.stats import Stats
+from pldns.dns.wire import scan_query
 from tests.fakes.upstream import FakeUpstream
 
 # Connecting a UDP socket to the broadcast address without SO_BROADCAST fails at once with

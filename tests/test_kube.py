@@ -26,7 +26,8 @@ import dns.rdatatype
 import pytest
 import yaml
 
-from pldns.kube import (
+from pldns.dns.table import Addresses
+from pldns.sync.kube import (
     MANAGED_BY,
     ConfigMapSink,
     KubeClient,
@@ -38,9 +39,8 @@ from pldns.kube import (
     micro_time,
     parse_ref,
 )
-from pldns.lease import LeaseElector
-from pldns.snapshot import Snapshot, decode, encode
-from pldns.table import Addresses
+from pldns.sync.lease import LeaseElector
+from pldns.sync.snapshot import Snapshot, decode, encode
 from tests.emulator.kubeapi import KubeApiEmulator
 from tests.fakes.proc import OWNED, REGION
 

@@ -19,7 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from pldns.app import App
-from pldns.config import HostPort, parse_config
+from pldns.config import parse_config
+from pldns.dns.settings import HostPort
+from pldns.dns.stats import DURATION_BUCKETS
+from pldns.dns.table import Addresses
+from pldns.dns.wire import encode_name
 from pldns.metrics import (
     METRICS,
     SOURCES,
@@ -27,11 +31,8 @@ from pldns.metrics import (
     registry_for,
     render,
 )
-from pldns.source import REASONS
-from pldns.stats import DURATION_BUCKETS
-from pldns.sync import table_for
-from pldns.table import Addresses
-from pldns.wire import encode_name
+from pldns.sync.loop import table_for
+from pldns.sync.source import REASONS
 from tests.fakes import clients
 from tests.fakes.proc import OWNED, OWNED_IPS, base_config, free_port
 

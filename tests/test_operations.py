@@ -153,8 +153,8 @@ def test_health_and_readiness_follow_the_table(ops: Any, tmp_path: Path) -> None
     assert http_get(server.http_port, "/healthz") == (200, "ok\n")
     status, body = http_get(server.http_port, "/readyz")
     assert status == 503 and "no table loaded" in body
-    from pldns.snapshot import Snapshot, encode, write_atomic
-    from pldns.table import Addresses
+    from pldns.dns.table import Addresses
+    from pldns.sync.snapshot import Snapshot, encode, write_atomic
 
     write_atomic(
         snapshot, encode(Snapshot("cn-hangzhou", {"eci": Addresses(("10.1.2.3",))}, time.time()))

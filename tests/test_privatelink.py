@@ -15,11 +15,11 @@ import pytest
 from alibabacloud_privatelink20200415.client import Client as PrivateLinkClient
 
 from pldns.config import Config, parse_config
-from pldns.privatelink import PrivateLinkSource
-from pldns.snapshot import FileSink, read
-from pldns.source import SourceError, SourceResult
-from pldns.sync import Syncer
-from pldns.table import RecordTable
+from pldns.dns.table import RecordTable
+from pldns.sync.loop import Syncer
+from pldns.sync.privatelink import PrivateLinkSource
+from pldns.sync.snapshot import FileSink, read
+from pldns.sync.source import SourceError, SourceResult
 from tests.emulator import TEST_ACCESS_KEY_ID, TEST_ACCESS_KEY_SECRET, OpenApiEmulator
 from tests.emulator.sdk import sdk_config
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pldns.config import HostPort, parse_config
-from pldns.errors import ConfigError
-from pldns.resolvconf import parse_resolv_conf, upstream_addresses
+from pldns.config import parse_config
+from pldns.config.resolvconf import parse_resolv_conf, upstream_addresses
+from pldns.config.schema import ConfigError
+from pldns.dns.settings import HostPort
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,10 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from pldns.resolver import SOURCE_LOCAL, SOURCE_OWNED, Local, Resolver
-from pldns.stats import Stats
-from pldns.table import Addresses, build_table
-from pldns.wire import OUR_PAYLOAD, Query
+from pldns.dns.answer import SOURCE_LOCAL, SOURCE_OWNED, Local, Resolver
+from pldns.dns.stats import Stats
+from pldns.dns.table import Addresses, build_table
+from pldns.dns.wire import OUR_PAYLOAD, Query
 
 ECI = "eci-vpc.cn-hangzhou.aliyuncs.com."
 ECI_PUBLIC = "eci.cn-hangzhou.aliyuncs.com."
@@ -264,7 +264,7 @@ def test_malformed_queries_get_parseable_errors(data, rcode, qd):
     ids=["empty", "runt", "response"],
 )
 def test_dropped(data):
-    from pldns.errors import Drop
+    from pldns.dns.rcode import Drop
 
     with pytest.raises(Drop):
         make_resolver().resolve(data, "udp")

@@ -18,8 +18,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from pldns.config import HostPort
-from pldns.server import Listener
+from pldns.dns.listeners import Listener
+from pldns.dns.settings import HostPort
 from tests.fakes import clients
 from tests.fakes.clients import a_records, make_query, raw_udp
 from tests.fakes.proc import OWNED, OWNED_2, OWNED_IPS, PldnsProcess, base_config, free_port

@@ -19,12 +19,13 @@ import dns.rrset
 import pytest
 
 from pldns.app import App
-from pldns.config import HostPort, parse_config
+from pldns.config import parse_config
+from pldns.dns.settings import HostPort
+from pldns.dns.table import Addresses
+from pldns.dns.wire import encode_name
 from pldns.httpapi import HttpApi
 from pldns.status import build_status, duration, render_status, status_command
-from pldns.sync import table_for
-from pldns.table import Addresses
-from pldns.wire import encode_name
+from pldns.sync.loop import table_for
 from tests.fakes.proc import base_config, free_port
 
 UPSTREAM = HostPort("127.0.0.1", 5399)  # never contacted

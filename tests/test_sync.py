@@ -22,8 +22,11 @@ from darabonba.exceptions import RetryError, UnretryableException
 from darabonba.policy.retry import RetryPolicyContext
 
 from pldns.config import Config, parse_config
-from pldns.privatelink import classify
-from pldns.snapshot import (
+from pldns.dns.table import Addresses, RecordTable
+from pldns.dns.wire import encode_name
+from pldns.sync.loop import Syncer, SyncState
+from pldns.sync.privatelink import classify
+from pldns.sync.snapshot import (
     FileSink,
     Snapshot,
     SnapshotError,
@@ -32,10 +35,7 @@ from pldns.snapshot import (
     read,
     write_atomic,
 )
-from pldns.source import FileSource, SourceError, SourceResult
-from pldns.sync import Syncer, SyncState
-from pldns.table import Addresses, RecordTable
-from pldns.wire import encode_name
+from pldns.sync.source import FileSource, SourceError, SourceResult
 
 REGION = "cn-hangzhou"
 ECI_NAME = "eci-vpc.cn-hangzhou.aliyuncs.com"

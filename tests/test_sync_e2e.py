@@ -31,8 +31,8 @@ import dns.rdatatype
 import pytest
 import yaml
 
-from pldns.snapshot import Snapshot, encode, read
-from pldns.table import Addresses
+from pldns.dns.table import Addresses
+from pldns.sync.snapshot import Snapshot, encode, read
 from tests.emulator import TEST_ACCESS_KEY_ID, TEST_ACCESS_KEY_SECRET, OpenApiEmulator
 from tests.emulator.sdk import PROXY_ENV_VARS
 from tests.fakes.proc import free_port

@@ -9,7 +9,7 @@ import dns.name
 import dns.rdatatype
 import pytest
 
-from pldns.table import Addresses, RecordTable, build_table, soa_record
+from pldns.dns.table import Addresses, RecordTable, build_table, soa_record
 
 NAME = "eci-vpc.cn-hangzhou.aliyuncs.com"
 

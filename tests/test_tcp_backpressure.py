@@ -10,8 +10,9 @@ import asyncio
 import dns.message
 
 from pldns.app import App
-from pldns.config import HostPort, parse_config
-from pldns.server import TcpConnection
+from pldns.config import parse_config
+from pldns.dns.listeners import TcpConnection
+from pldns.dns.settings import HostPort
 from tests.fakes.proc import OWNED, base_config
 
 

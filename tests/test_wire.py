@@ -1,4 +1,4 @@
-"""Table-driven tests for pldns.wire: scanning queries, building errors, upstream rewriting.
+"""Table-driven tests for pldns.dns.wire: scanning queries, building errors, upstream rewriting.
 
 Queries are built with dnspython (or by hand where they must be malformed) and our replies are
 parsed with dnspython, so the checks do not depend on our own encoder.
@@ -17,8 +17,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from pldns.errors import BADVERS, FORMERR, DnsError, Drop, FormatError, NotImplementedOpcode
-from pldns.wire import (
+from pldns.dns.rcode import BADVERS, FORMERR, DnsError, Drop, FormatError, NotImplementedOpcode
+from pldns.dns.wire import (
     OUR_PAYLOAD,
     build_error,
     build_upstream_query,

@@ -64,11 +64,3 @@ class BadVersion(DnsError):
 
 class Refused(DnsError):
     rcode = REFUSED
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; `problems` are 'dotted.key: what was expected' lines."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems

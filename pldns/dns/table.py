@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from pldns.wire import TYPE_A, TYPE_AAAA, TYPE_SOA, encode_name
+from pldns.dns.wire import TYPE_A, TYPE_AAAA, TYPE_SOA, encode_name
 
 _PTR_QNAME = b"\xc0\x0c"
 _IN = b"\x00\x01"

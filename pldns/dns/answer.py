@@ -8,10 +8,10 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from pldns.errors import SERVFAIL, BadVersion, DnsError, Refused
-from pldns.stats import QTYPE_LABELS, Stats
-from pldns.table import RecordTable
-from pldns.wire import (
+from pldns.dns.rcode import SERVFAIL, BadVersion, DnsError, Refused
+from pldns.dns.stats import QTYPE_LABELS, Stats
+from pldns.dns.table import RecordTable
+from pldns.dns.wire import (
     CLASS_IN,
     TYPE_A,
     TYPE_AAAA,

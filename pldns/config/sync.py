@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pldns.schema import Problems, Section, describe, join
+from pldns.config.schema import Problems, Section, describe, join
 
 SOURCE_STATIC = "static"
 SOURCE_PRIVATELINK = "privatelink"

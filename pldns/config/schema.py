@@ -14,6 +14,14 @@ T = TypeVar("T")
 _MISSING = object()
 
 
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` are 'dotted.key: what was expected' lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
 class Problems:
     def __init__(self) -> None:
         self.items: list[str] = []

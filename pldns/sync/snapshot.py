@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from pldns.table import Addresses
+from pldns.dns.table import Addresses
 
 FORMAT = "pldns-snapshot"
 VERSION = 1

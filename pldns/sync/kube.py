@@ -10,7 +10,7 @@ an HTTPS_PROXY meant for the cloud API must not carry calls to the cluster's API
 
 Optimistic concurrency throughout: every update carries the resourceVersion it read, a 409
 Conflict means someone wrote in between, and the caller re-reads. Leader election on a Lease
-is in pldns.lease.
+is in pldns.sync.lease.
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from pldns.config import Forward, HostPort
-from pldns.errors import REFUSED, SERVFAIL
-from pldns.stats import Stats
-from pldns.upstream import Channel, QueryIds, Upstream
-from pldns.wire import OUR_PAYLOAD, UDP_MIN, Query, build_upstream_query
+from pldns.dns.rcode import REFUSED, SERVFAIL
+from pldns.dns.settings import Forward, HostPort
+from pldns.dns.stats import Stats
+from pldns.dns.upstream import Channel, QueryIds, Upstream
+from pldns.dns.wire import OUR_PAYLOAD, UDP_MIN, Query, build_upstream_query
 
 log = logging.getLogger("pldns.forward")
 

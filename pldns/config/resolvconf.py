@@ -7,8 +7,10 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from pldns.config import RESOLV_CONF, Config, HostPort
-from pldns.errors import ConfigError
+from pldns.config import Config
+from pldns.config.dns import RESOLV_CONF
+from pldns.config.schema import ConfigError
+from pldns.dns.settings import HostPort
 
 
 def parse_resolv_conf(text: str) -> list[str]:

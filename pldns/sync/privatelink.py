@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pldns.config import Service
-from pldns.source import SourceError, SourceResult
-from pldns.sourceconfig import Matcher, PrivateLink
-from pldns.table import Addresses
+from pldns.config.dns import Service
+from pldns.config.sync import Matcher, PrivateLink
+from pldns.dns.table import Addresses
+from pldns.sync.source import SourceError, SourceResult
 
 log = logging.getLogger("pldns.privatelink")
 

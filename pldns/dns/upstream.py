@@ -16,9 +16,9 @@ import socket
 from array import array
 from typing import Any, Protocol
 
-from pldns.config import Forward, HostPort
-from pldns.stats import UpstreamStats
-from pldns.wire import HEADER_LEN, reply_matches
+from pldns.dns.settings import Forward, HostPort
+from pldns.dns.stats import UpstreamStats
+from pldns.dns.wire import HEADER_LEN, reply_matches
 
 FAILS_BEFORE_DOWN = 3
 MAX_BACKOFF = 30.0

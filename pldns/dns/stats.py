@@ -10,7 +10,7 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pldns.errors import rcode_name
+from pldns.dns.rcode import rcode_name
 
 # Query types with their own label; everything else is "other" (bounded cardinality).
 QTYPE_LABELS = {

@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pldns.config import Config
-from pldns.snapshot import Snapshot, SnapshotError, SnapshotSink, encode, read
-from pldns.source import EndpointSource, SourceError, SourceResult
-from pldns.sourceconfig import SOURCE_FILE
-from pldns.table import Addresses, RecordTable, build_table
+from pldns.config.sync import SOURCE_FILE
+from pldns.dns.table import Addresses, RecordTable, build_table
+from pldns.sync.snapshot import Snapshot, SnapshotError, SnapshotSink, encode, read
+from pldns.sync.source import EndpointSource, SourceError, SourceResult
 
 log = logging.getLogger("pldns.sync")
 

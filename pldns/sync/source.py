@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pldns.snapshot import SnapshotError, read
-from pldns.table import Addresses
+from pldns.dns.table import Addresses
+from pldns.sync.snapshot import SnapshotError, read
 
 # Reasons a round fails: these are metric label values, so the set is closed.
 REASONS = ("throttled", "auth", "timeout", "network", "server", "client", "invalid")

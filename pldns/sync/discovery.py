@@ -11,8 +11,8 @@ import sys
 from typing import Any, TextIO
 
 from pldns.config import Config
-from pldns.privatelink import PrivateLinkSource, classify, quiet_sdk_logging, sdk_config
-from pldns.source import SourceError
+from pldns.sync.privatelink import PrivateLinkSource, classify, quiet_sdk_logging, sdk_config
+from pldns.sync.source import SourceError
 from pldns.synccli import format_table
 
 PVTZ_HOST = "pvtz.aliyuncs.com"

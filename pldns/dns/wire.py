@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from pldns.errors import Drop, FormatError, NotImplementedOpcode
+from pldns.dns.rcode import Drop, FormatError, NotImplementedOpcode
 
 TYPE_A = 1
 TYPE_SOA = 6
@@ -108,7 +108,7 @@ def _scan_records(data: bytes, pos: int) -> Opt | None:
     opt: Opt | None = None
     for index in range(an + ns + ar):
         start = pos
-        pos = _skip_name(data, pos)
+        pos = skip_name(data, pos)
         if pos + 10 > n:
             raise FormatError("truncated record")
         rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
@@ -130,7 +130,7 @@ def _scan_records(data: bytes, pos: int) -> Opt | None:
     return opt
 
 
-def _skip_name(data: bytes, pos: int) -> int:
+def skip_name(data: bytes, pos: int) -> int:
     """Return the offset after a (possibly compressed) name; pointers must point backwards."""
     n = len(data)
     start = pos

@@ -14,9 +14,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pldns.errors import FormatError
-from pldns.opsconfig import Leaks
-from pldns.wire import TYPE_A, TYPE_AAAA, _skip_name, decode_name, encode_name
+from pldns.dns.rcode import FormatError
+from pldns.dns.settings import Leaks
+from pldns.dns.wire import TYPE_A, TYPE_AAAA, decode_name, encode_name, skip_name
 
 log = logging.getLogger("pldns.leak")
 
@@ -40,7 +40,7 @@ def answer_addresses(reply: bytes, qend: int) -> list[str]:
     out = []
     n = len(reply)
     for _ in range(ancount):
-        pos = _skip_name(reply, pos)
+        pos = skip_name(reply, pos)
         if pos + 10 > n:
             raise FormatError("truncated record")
         rtype = (reply[pos] << 8) | reply[pos + 1]

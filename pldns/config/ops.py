@@ -1,18 +1,21 @@
-"""Config for operating pldns: the HTTP endpoint, logs, lifecycle, leak detection."""
+"""Config for operating pldns: the HTTP endpoint, logs, lifecycle, leak detection (parsing)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pldns.schema import Section, parse_hostport, parse_network
+from pldns.config.schema import Section, parse_hostport, parse_network
+from pldns.dns.settings import (
+    DEFAULT_LEAK_INTERVAL,
+    DEFAULT_LEAK_RANGES,
+    DEFAULT_LEAK_SUFFIXES,
+    Leaks,
+)
 
 DEFAULT_HTTP_LISTEN = "127.0.0.1:9153"
 DEFAULT_LAME_DUCK = 5.0
 DEFAULT_DRAIN = 5.0
 DEFAULT_RELOAD_POLL = 2.0
-DEFAULT_LEAK_SUFFIXES = ("aliyuncs.com",)
-DEFAULT_LEAK_RANGES = ("100.64.0.0/10",)
-DEFAULT_LEAK_INTERVAL = 300.0
 
 
 @dataclass(frozen=True)
@@ -32,14 +35,6 @@ class Lifecycle:
     lame_duck: float = DEFAULT_LAME_DUCK  # seconds /readyz fails while DNS still answers
     drain: float = DEFAULT_DRAIN  # seconds in-flight queries get after listeners close
     reload_poll: float = DEFAULT_RELOAD_POLL  # config file check period; 0 = SIGHUP only
-
-
-@dataclass(frozen=True)
-class Leaks:
-    enabled: bool = True
-    suffixes: tuple[str, ...] = DEFAULT_LEAK_SUFFIXES
-    ranges: tuple[str, ...] = DEFAULT_LEAK_RANGES
-    interval: float = DEFAULT_LEAK_INTERVAL  # log a leaking name at most once per interval
 
 
 def parse_http(s: Section) -> Http:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from pldns.kube import (
+from pldns.sync.kube import (
     MANAGED_BY,
     KubeClient,
     KubeError,

@@ -1,0 +1,1 @@
+"""The data plane: bytes in, bytes out. Imports nothing from sync, config, yaml or the cloud SDK."""

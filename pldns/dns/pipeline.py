@@ -1,0 +1,139 @@
+"""The query pipeline: ACL -> fast path -> answer -> limit -> forward -> leak -> log.
+
+`Frontend.handle` is the one entry for a query from either transport: access control, the
+sans-IO resolver, the in-flight bound, forwarding, and the reply. No exception from one
+query reaches a listener.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from pldns.dns.acl import Acl
+from pldns.dns.answer import SOURCE_LOCAL, SOURCE_OWNED, SOURCE_UPSTREAM, Local, Resolver
+from pldns.dns.forwarder import Forwarder
+from pldns.dns.leak import LeakDetector
+from pldns.dns.querylog import QueryLog
+from pldns.dns.rcode import REFUSED, SERVFAIL, DnsError, Drop, rcode_name
+from pldns.dns.settings import Tcp
+from pldns.dns.stats import Stats, qtype_label
+from pldns.dns.wire import TCP_MAX, Query, build_error, decode_name, scan_query, truncate, udp_limit
+
+log = logging.getLogger("pldns.server")
+
+Send = Callable[[bytes], None]
+
+
+class Exchange:
+    """One query in progress: its bytes, who asked and how, when, and how to answer."""
+
+    __slots__ = ("data", "host", "proto", "send", "start")
+
+    def __init__(self, data: bytes, host: str, proto: str, send: Send, start: float) -> None:
+        self.data = data
+        self.host = host
+        self.proto = proto
+        self.send = send
+        self.start = start
+
+
+class Frontend:
+    """Everything a listener needs to turn a query into a reply."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        forwarder: Forwarder,
+        acl: Acl,
+        deny: str,
+        stats: Stats,
+        max_inflight: int,
+        leaks: LeakDetector | None = None,
+        querylog: QueryLog | None = None,
+        tcp: Tcp | None = None,
+    ) -> None:
+        self.resolver = resolver
+        self.forwarder = forwarder
+        self.acl = acl
+        self.deny = deny
+        self.stats = stats
+        self.max_inflight = max_inflight
+        self.leaks = leaks
+        self.querylog = querylog
+        self.tcp = tcp or Tcp()  # read when a connection opens, so a reload applies to new ones
+        self.accepting = True  # False once shutdown starts: new queries are ignored
+
+    def handle(self, data: bytes, host: str, proto: str, send: Send) -> bool:
+        """Reply through `send` now or later; False when the packet gets no reply at all."""
+        ex = Exchange(data, host, proto, send, time.perf_counter())
+        if not self.accepting:
+            return False
+        if not self.acl.allowed(host):
+            return self._deny(ex)
+        reply = self.resolver.fast(data, proto)
+        if reply is not None:
+            self._reply(ex, reply, SOURCE_OWNED)
+            return True
+        try:
+            result = self.resolver.resolve(data, proto)
+        except Drop as drop:
+            self.stats.dropped[drop.reason] += 1
+            return False
+        if type(result) is Local:
+            self._reply(ex, result.reply, result.source)
+            return True
+        q: Query = result  # type: ignore[assignment]
+        if self.stats.inflight >= self.max_inflight:
+            self.stats.rejected_inflight += 1
+            self._reply(ex, build_error(data, REFUSED, q.qend, q.opt), SOURCE_LOCAL)
+            return True
+        limit = udp_limit(q) if proto == "udp" else TCP_MAX
+        self.stats.inflight += 1  # _forwarded takes it back, whenever the outcome comes
+        try:
+            self.forwarder.forward(data, q, limit, lambda got: self._forwarded(ex, q, limit, got))
+        except DnsError as err:  # a malformed EDNS option found while rewriting
+            self.stats.inflight -= 1
+            self._reply(ex, build_error(data, err.rcode, q.qend, q.opt), SOURCE_LOCAL)
+        return True
+
+    def _reply(self, ex: Exchange, reply: bytes, source: str) -> None:
+        ex.send(reply)
+        seconds = time.perf_counter() - ex.start
+        self.stats.respond(reply, source, seconds)
+        if self.querylog is not None and self.querylog.sampled():
+            try:
+                q = scan_query(ex.data)
+                name, qtype = decode_name(q.qname), qtype_label(q.qtype)
+            except (Drop, DnsError):
+                name, qtype = "-", "invalid"
+            rcode = rcode_name(reply[3] & 0x0F)
+            self.querylog.write(ex.host, ex.proto, name, qtype, rcode, seconds * 1000, source)
+
+    def _forwarded(self, ex: Exchange, q: Query, limit: int, reply: bytes | None) -> None:
+        """The forwarder's outcome: relay the upstream's reply, or SERVFAIL when none came."""
+        self.stats.inflight -= 1
+        data = ex.data
+        if reply is None:
+            self._reply(ex, build_error(data, SERVFAIL, q.qend, q.opt), SOURCE_LOCAL)
+            return
+        if self.leaks is not None and self.leaks.watches(q.qname):
+            self.leaks.inspect(q.qname, reply, q.qend)
+        reply = data[:2] + reply[2:]
+        if len(reply) > limit:
+            reply = truncate(reply, q.qend, q.opt)
+        self._reply(ex, reply, SOURCE_UPSTREAM)
+
+    def _deny(self, ex: Exchange) -> bool:
+        """A client outside `allow`: REFUSED (counted as a local reply) or silence (dropped)."""
+        if self.deny == "drop":
+            self.stats.dropped["acl"] += 1
+            return False
+        try:
+            q = scan_query(ex.data)
+        except (Drop, DnsError):
+            self.stats.dropped["acl"] += 1
+            return False
+        self._reply(ex, build_error(ex.data, REFUSED, q.qend, q.opt), SOURCE_LOCAL)
+        return True

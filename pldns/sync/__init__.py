@@ -1,0 +1,1 @@
+"""The control plane: the sync loop, sources (static, privatelink, file), sinks, lease, discovery."""
