@@ -75,6 +75,7 @@ class Forwarder:
         self._heap: list[tuple[float, int, Channel, int]] = []
         self._count = itertools.count()
         self._tick: asyncio.TimerHandle | None = None
+        self._sweeping = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
@@ -148,7 +149,7 @@ class Forwarder:
         if expires > p.deadline:
             expires = p.deadline
         heapq.heappush(self._heap, (expires, token, ch, qid))
-        if self._tick is None:
+        if self._tick is None and not self._sweeping:
             self._tick = loop.call_at(max(expires, now + SWEEP_EVERY), self._sweep)
 
     def on_reply(self, p: Pending, reply: bytes) -> None:
@@ -225,13 +226,21 @@ class Forwarder:
         assert loop is not None
         now = loop.time()
         heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, token, ch, qid = heapq.heappop(heap)
-            p = ch.pending.get(qid)
-            if isinstance(p, Pending) and p.seq == token and ch.forget(qid, p):
-                self.on_error(p, "timeout")
-        if heap:
-            self._tick = loop.call_at(max(heap[0][0], now + SWEEP_EVERY), self._sweep)
+        self._sweeping = True  # a retry below must not arm a second timer: one is armed below
+        try:
+            while heap and heap[0][0] <= now:
+                _, token, ch, qid = heapq.heappop(heap)
+                p = ch.pending.get(qid)
+                if isinstance(p, Pending) and p.seq == token and ch.forget(qid, p):
+                    try:
+                        self.on_error(p, "timeout")
+                    except Exception:  # never leak a query: it gets its SERVFAIL
+                        log.exception("retrying a timed-out query failed")
+                        self._finish(p, None)
+        finally:
+            self._sweeping = False
+            if heap and self._tick is None:
+                self._tick = loop.call_at(max(heap[0][0], now + SWEEP_EVERY), self._sweep)
 
     def close(self) -> None:
         if self._tick is not None:

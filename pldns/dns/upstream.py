@@ -16,6 +16,7 @@ import socket
 from array import array
 from typing import Any, Protocol
 
+from pldns.dns.backoff import capped_backoff
 from pldns.dns.settings import Forward, HostPort
 from pldns.dns.stats import UpstreamStats
 from pldns.dns.wire import HEADER_LEN, reply_matches
@@ -157,7 +158,8 @@ class Upstream:
         self.last_error = reason
         if self.fails >= FAILS_BEFORE_DOWN:
             self.stats.healthy = False
-            self.retry_at = now + min(2.0 ** (self.fails - FAILS_BEFORE_DOWN), MAX_BACKOFF)
+            wait = capped_backoff(self.fails - FAILS_BEFORE_DOWN + 1, 1.0, MAX_BACKOFF)
+            self.retry_at = now + wait
             self.owner.on_health()
 
     # -- the UDP pool --------------------------------------------------------------------------
