@@ -15,7 +15,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-shared="${PLDNS_SHARED_BENCH:-$here/../../shared/bench}"
+shared="$here"  # gen_data.py
 python="${PLDNS_PYTHON:-$(command -v python3 || true)}"
 mode=pyspy
 duration=5

@@ -1,118 +1,156 @@
 #!/usr/bin/env bash
-# Run the shared DNS forwarder benchmark with pldns as an extra row. See bench/README.md.
+# The pldns benchmark, from a clone, in one command. See bench/README.md.
 #
-#   bench/run.sh --peers dnsdist,unbound-nc,dnsmasq-nc,py-uvloop-raw --workloads synth,pass,mix,miss
-#   bench/run.sh --peers dnsdist,py-uvloop-raw --workloads synth,miss --duration 3 --lat-duration 2
-#   bench/run.sh --python /path/to/venv/bin/python --peers dnsdist ...
-#   bench/run.sh --help            # the harness's own options
+#   bench/run.sh                                  # pldns + dnsdist, unbound-nc, dnsmasq-nc, py-uvloop-raw
+#                                                 #   x synth, pass, mix, miss, 10 s each (~8 min)
+#   bench/run.sh --peers dnsdist --workloads synth,miss --duration 3 --lat-qps 0   # a quick look
+#   bench/run.sh --python /path/to/venv/bin/python ...   # test the pldns installed in that Python
+#   bench/run.sh --no-pldns ...                   # the harness alone (no pldns row)
+#   bench/run.sh --help                           # the harness's own options
 #
-# Every argument except a leading `--python PATH` is passed to the harness's run.sh unchanged
-# (a relative `--out DIR` is made absolute first). pldns must be installed in that Python:
-# `pip install -e .` in the repo. The harness's own .venv only has dnslib and uvloop.
+# What it does, in order:
+#   1. installs the missing tools from Debian (apt-get, as root): dnsperf dnsdist unbound
+#      dnsmasq-base knot bind9-dnsutils iproute2 util-linux python3-venv; not root: prints the
+#      command and stops;
+#   2. creates bench/.venv (dnslib and uvloop for the Python baseline peers, and pldns from this
+#      clone, editable) unless it is already there;
+#   3. generates bench/data/ (the upstream zone and the dnsperf query files, seeded) if missing;
+#   4. runs bench.py with pldns as a --candidate inside a private network namespace whose only
+#      interface is lo (`unshare --net`), so nothing can reach another address;
+#   5. copies the report to bench/results/<stamp>-report.md.
+# Every argument except the leading --python PATH / --no-pldns goes to bench.py unchanged
+# (a relative --out is made absolute). When no --peers is given, the README's comparison set is
+# used.
 #
-# Environment:
-#   PLDNS_SHARED_BENCH   the harness to copy (default: <repo>/../shared/bench)
-#   PLDNS_PYTHON         the Python with pldns installed (default: python3 on PATH, resolved)
-#   PLDNS_BENCH_WORKDIR  reuse this copy of the harness (keeps its .venv and data/ between runs)
-#                        instead of a fresh temporary directory
+# Environment: BENCH_HOST_NET=1 skips the network namespace (then check `ss -lunp | grep 530`).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
-shared="${PLDNS_SHARED_BENCH:-$here/../../shared/bench}"
-python="${PLDNS_PYTHON:-}"
+python=""
+with_pldns=1
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --python)
+      [[ $# -ge 2 ]] || { echo "bench/run.sh: --python needs a path" >&2; exit 2; }
+      python="$2"; shift 2 ;;
+    --python=*) python="${1#--python=}"; shift ;;
+    --no-pldns) with_pldns=""; shift ;;
+    *) break ;;
+  esac
+done
 
-if [[ "${1:-}" == "--python" ]]; then
-  [[ $# -ge 2 ]] || { echo "bench/run.sh: --python needs a path" >&2; exit 2; }
-  python="$2"
-  shift 2
-elif [[ "${1:-}" == --python=* ]]; then
-  python="${1#--python=}"
-  shift
+# 1. tools (Debian package names after the colon)
+need=()
+for t in dnsperf:dnsperf dnsdist:dnsdist unbound:unbound dnsmasq:dnsmasq-base knotd:knot \
+         dig:bind9-dnsutils taskset:util-linux unshare:util-linux ip:iproute2; do
+  command -v "${t%%:*}" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "${t%%:*}" \
+    >/dev/null 2>&1 || need+=("${t#*:}")
+done
+export PATH="$PATH:/usr/sbin:/sbin"
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1 && [[ ! -x "$here/.venv/bin/python" ]]; then
+  need+=(python3-venv)
 fi
-if [[ -z "$python" ]]; then
-  python="$(command -v python3 || true)"
-fi
-if [[ -z "$python" ]]; then
-  echo "bench/run.sh: no python3 on PATH; pass --python PATH" >&2
-  exit 2
-fi
-# Resolve to the real interpreter (pyenv shims, venv symlinks are fine too, but an absolute
-# sys.executable is what must be found inside the network namespace).
-if ! python="$("$python" -c 'import sys; print(sys.executable)')" || [[ -z "$python" ]]; then
-  echo "bench/run.sh: cannot run $python" >&2
-  exit 2
-fi
-if ! "$python" -c 'import pldns, yaml' 2>/dev/null; then
-  echo "bench/run.sh: pldns is not importable with $python; run 'pip install -e $repo' with it first" >&2
-  exit 2
-fi
-pldns_exe="$(dirname "$python")/pldns"
-if [[ ! -x "$pldns_exe" ]]; then
-  echo "bench/run.sh: no pldns script next to $python ($pldns_exe); run 'pip install -e $repo'" >&2
-  exit 2
+if ((${#need[@]})); then
+  mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "bench/run.sh: installing ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "bench/run.sh: missing tools; install them with:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y ${need[*]}" >&2
+    exit 2
+  fi
 fi
 
-if [[ ! -f "$shared/run.sh" || ! -f "$shared/bench.py" ]]; then
-  echo "bench/run.sh: no harness at $shared (set PLDNS_SHARED_BENCH)" >&2
-  exit 2
+# 2. the harness's venv: dnslib + uvloop for the Python baselines, pldns from this clone
+venv="$here/.venv"
+if [[ ! -x "$venv/bin/python" ]]; then
+  python3 -m venv "$venv"
 fi
-shared="$(cd "$shared" && pwd)"
-
-# A writable copy of the harness: it creates .venv/, data/ and runs/ next to itself.
-if [[ -n "${PLDNS_BENCH_WORKDIR:-}" ]]; then
-  work="$PLDNS_BENCH_WORKDIR"
-  mkdir -p "$work/bench"
-  # refresh the harness files, keep .venv/, data/ and runs/
-  (cd "$shared" && find . -path ./.venv -prune -o -path ./data -prune -o -path ./runs -prune \
-     -o -type f -print0 | while IFS= read -r -d '' f; do
-       mkdir -p "$work/bench/$(dirname "$f")"
-       install -m "$([[ -x "$f" ]] && echo 755 || echo 644)" "$f" "$work/bench/$f"
-     done)
-else
-  work="$(mktemp -d "${TMPDIR:-/tmp}/pldns-bench.XXXXXX")"
-  cp -r "$shared" "$work/bench"
-  chmod -R u+w "$work/bench"
+if ! "$venv/bin/python" -c 'import dnslib, uvloop' >/dev/null 2>&1; then
+  "$venv/bin/pip" install -q --disable-pip-version-check dnslib uvloop
 fi
-harness="$work/bench"
+if [[ -n "$with_pldns" && -z "$python" ]]; then
+  # editable: the code under test is this clone's working tree
+  if ! (cd / && "$venv/bin/python" -c 'import os, sys, pldns; sys.exit(os.path.dirname(os.path.dirname(pldns.__file__)) != sys.argv[1])' "$repo") >/dev/null 2>&1; then
+    "$venv/bin/pip" install -q --disable-pip-version-check -e "$repo"
+  fi
+  python="$venv/bin/python"
+fi
 
-# Pass everything through; make a relative --out absolute (the harness runs from its own dir),
-# and choose the output directory ourselves when none is given, so we know where the report is.
+candidate=()
+if [[ -n "$with_pldns" ]]; then
+  # the absolute interpreter (pyenv shims and venv symlinks resolve to something that is
+  # found inside the namespace too)
+  if ! python="$("$python" -c 'import sys; print(sys.executable)')" || [[ -z "$python" ]]; then
+    echo "bench/run.sh: cannot run $python" >&2; exit 2
+  fi
+  if ! "$python" -c 'import pldns, yaml' 2>/dev/null; then
+    echo "bench/run.sh: pldns is not importable with $python; run '$python -m pip install -e $repo'" >&2
+    exit 2
+  fi
+  pldns_exe="$(dirname "$python")/pldns"
+  [[ -x "$pldns_exe" ]] || { echo "bench/run.sh: no pldns script next to $python" >&2; exit 2; }
+  # bench.py fills the {…} placeholders with str.format and runs `bash -c "exec COMMAND"`
+  # in the cell directory: hence absolute, shell-quoted paths.
+  candidate=(--candidate "pldns=$(printf '%q' "$python") $(printf '%q' "$here/pldns-candidate.py") --pldns $(printf '%q' "$pldns_exe") --synth-json {synth_json} --upstream {upstream} --listen {listen} --config-out {rundir}/pldns.yaml")
+fi
+
+# 3. data
+if [[ ! -f "$here/data/q-miss-main.txt" ]]; then
+  echo "bench/run.sh: generating bench/data/ (once; ~2M query names)" >&2
+  python3 "$here/gen_data.py" --outdir "$here/data"
+fi
+
+# arguments for bench.py
 stamp="$(date +%Y%m%d-%H%M%S)"
 args=()
 out=""
 want_help=""
+have_peers=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --out)
       [[ $# -ge 2 ]] || { echo "bench/run.sh: --out needs a directory" >&2; exit 2; }
       out="$(realpath -m "$2")"; args+=(--out "$out"); shift 2 ;;
-    --out=*)
-      out="$(realpath -m "${1#--out=}")"; args+=(--out "$out"); shift ;;
-    -h|--help)
-      want_help=1; args+=("$1"); shift ;;
-    *)
-      args+=("$1"); shift ;;
+    --out=*) out="$(realpath -m "${1#--out=}")"; args+=(--out "$out"); shift ;;
+    --peers|--peers=*) have_peers=1; args+=("$1"); shift ;;
+    -h|--help) want_help=1; args+=("$1"); shift ;;
+    *) args+=("$1"); shift ;;
   esac
 done
+if [[ -z "$have_peers" ]]; then
+  args+=(--peers dnsdist,unbound-nc,dnsmasq-nc,py-uvloop-raw)
+fi
 if [[ -z "$out" && -z "$want_help" ]]; then
-  out="$harness/runs/$stamp"
+  out="$here/runs/$stamp"
   args+=(--out "$out")
 fi
 
-# The candidate runs as `bash -c "exec COMMAND"` after Python str.format fills the {…}
-# placeholders, inside the loopback-only namespace, with the cell directory as its cwd:
-# hence absolute, shell-quoted paths.
-q_python="$(printf '%q' "$python")"
-q_script="$(printf '%q' "$here/pldns-candidate.py")"
-q_pldns="$(printf '%q' "$pldns_exe")"
-candidate="pldns=$q_python $q_script --pldns $q_pldns --synth-json {synth_json} --upstream {upstream} --listen {listen} --config-out {rundir}/pldns.yaml"
-
-echo "bench/run.sh: harness copy in $harness" >&2
-echo "bench/run.sh: candidate $candidate" >&2
+# 4. run, loopback only
+inner='set -e
+if [[ -n "${BENCH_IN_NETNS:-}" ]]; then
+  ip link set lo up
+  if ip -o addr | grep -v " lo " | grep -q inet; then
+    echo "refusing to run: the network namespace has interfaces other than lo" >&2; exit 3
+  fi
+  echo "running in a private network namespace (loopback only)" >&2
+fi
+exec python3 "$@"'
+if [[ -n "${BENCH_HOST_NET:-}" ]]; then
+  ns=()
+elif [[ $(id -u) -eq 0 ]]; then
+  ns=(env BENCH_IN_NETNS=1 unshare --net --)
+else
+  ns=(env BENCH_IN_NETNS=1 unshare --net --map-root-user --)
+fi
 rc=0
-"$harness/run.sh" --candidate "$candidate" "${args[@]}" || rc=$?
+"${ns[@]}" bash -c "$inner" bench "$here/bench.py" "${candidate[@]}" "${args[@]}" || rc=$?
 
+# 5. the report
 if [[ -n "$want_help" ]]; then
   exit "$rc"
 fi
@@ -121,11 +159,11 @@ if [[ -f "$out/report.md" ]]; then
   dest="$here/results/$stamp-report.md"
   cp "$out/report.md" "$dest"
   echo >&2
-  echo "bench/run.sh: report:      $out/report.md" >&2
-  echo "bench/run.sh: run dir:     $out (results.json, per-cell logs and configs)" >&2
-  echo "bench/run.sh: copied to    $dest" >&2
+  echo "bench/run.sh: report:   $out/report.md" >&2
+  echo "bench/run.sh: run dir:  $out (results.json, per-cell logs and configs)" >&2
+  echo "bench/run.sh: copied to $dest" >&2
 else
-  echo "bench/run.sh: no report.md in $out (harness exit status $rc)" >&2
+  echo "bench/run.sh: no report.md in $out (exit status $rc)" >&2
   [[ $rc -ne 0 ]] || rc=1
 fi
 exit "$rc"
