@@ -69,13 +69,16 @@ def test_wheel_installs_and_runs_in_a_clean_venv(tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True, clear=True)
     bin_dir = env_dir / "bin"
+    # without PYTHONPATH: a source tree on it (with a pldns.egg-info from an editable install)
+    # would make pip think pldns is already installed
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     subprocess.run(
         [bin_dir / "pip", "install", *quiet, "--no-cache-dir", "--no-index",
          f"--find-links={wheels}", *map(str, built)],
         check=True,
         timeout=300,
+        env=env,
     )  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     cwd = tmp_path  # not the repo: the installed package, not the source tree, must be used
     version = subprocess.run(
         [bin_dir / "pldns", "version"], capture_output=True, text=True, env=env, cwd=cwd, check=True
