@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import pldns
 from pldns.config.dns import Service
 from pldns.dns.table import Addresses
+from pldns.dns.wire import escape_text
 
 if TYPE_CHECKING:
     from pldns.app import App
@@ -179,7 +180,7 @@ def _service_rows(doc: Mapping[str, Any]) -> list[list[tuple[str, tuple[str, ...
         domains = list(svc.get("domains", []))
         for i in range(max(len(domains), len(ips), 1)):
             name = svc["name"] if i == 0 else ""
-            domain = domains[i] if i < len(domains) else ""
+            domain = escape_text(str(domains[i])) if i < len(domains) else ""
             if i < len(ips):
                 zone, ip, endpoint, status = ips[i]
                 ok = status.lower() in ("connected", "static")
@@ -246,9 +247,9 @@ def _leak_lines(doc: Mapping[str, Any], now: float, paint: _Paint) -> list[str]:
             _BOLD,
         )
     ]
-    width = max(len(str(leak["name"]).rstrip(".")) for leak in leaks)
-    for leak in leaks:
-        name = str(leak["name"]).rstrip(".")
+    names = [escape_text(str(leak["name"])).rstrip(".") for leak in leaks]
+    width = max(len(name) for name in names)
+    for leak, name in zip(leaks, names, strict=True):
         addresses = ", ".join(leak.get("addresses") or [])
         seen = f"seen {leak.get('count', 0)}x, last {_ago(leak.get('last_seen'), now)}"
         lines.append("  " + paint(f"{name.ljust(width)}  -> {addresses}", _RED) + f"  ({seen})")

@@ -83,8 +83,20 @@ def addresses(msg: dns.message.Message) -> list[str]:
         (VPC, "AAAA", ["fd00::1", "fd00::2"]),
         (V6ONLY, "AAAA", ["fd00::5"]),
         (ECI, "ANY", ECI_IPS),
+        (VPC, "ANY", ["10.0.1.1", "10.0.1.2"]),
+        (V6ONLY, "ANY", ["fd00::5"]),
     ],
-    ids=["a", "public-name", "mixed-case", "a-dual", "aaaa", "aaaa-v6-only", "any"],
+    ids=[
+        "a",
+        "public-name",
+        "mixed-case",
+        "a-dual",
+        "aaaa",
+        "aaaa-v6-only",
+        "any",
+        "any-dual",
+        "any-v6-only",
+    ],
 )
 def test_owned_answers(name, rdtype, expected):
     msg, local = ask(query(name, rdtype))
@@ -96,7 +108,8 @@ def test_owned_answers(name, rdtype, expected):
     assert len(msg.answer) == 1
     rrset = msg.answer[0]
     assert rrset.ttl == TTL
-    assert rrset.rdtype == (dns.rdatatype.AAAA if rdtype == "AAAA" else dns.rdatatype.A)
+    v6 = ":" in expected[0]
+    assert rrset.rdtype == (dns.rdatatype.AAAA if v6 else dns.rdatatype.A)
     assert str(rrset.name) == name  # the client's spelling echoed
     assert str(msg.question[0].name) == name
     assert msg.authority == []
@@ -126,12 +139,11 @@ def test_rotation_starts_each_answer_at_another_address():
         (ECI, 65),
         (ECI, 64),
         (ECI, "NS"),
-        (ECI, "SOA"),
         (ECI, "CNAME"),
+        (ECI, "PTR"),
         (V6ONLY, "A"),
-        (V6ONLY, "ANY"),
     ],
-    ids=["aaaa-no-v6", "txt", "mx", "https", "svcb", "ns", "soa", "cname", "a-v6-only", "any-v6"],
+    ids=["aaaa-no-v6", "txt", "mx", "https", "svcb", "ns", "cname", "ptr", "a-v6-only"],
 )
 def test_nodata_with_soa(name, rdtype):
     msg, local = ask(query(name, rdtype))
@@ -165,11 +177,10 @@ def test_zone_transfer_refused(rdtype):
         (query("x." + ECI), 1),
         (query("cn-hangzhou.aliyuncs.com."), 1),
         (query("example.com.", "AAAA"), 28),
-        (query(ECI, "A", rdclass="CH"), 1),
-        (query(ECI, "TXT", rdclass="CH"), 16),
+        (query("version.bind.", "TXT", rdclass="CH"), 16),
         (query(UNKNOWN), 1),
     ],
-    ids=["child", "parent", "unrelated", "class-ch", "class-ch-txt", "unknown-service"],
+    ids=["child", "parent", "unrelated", "class-ch-not-owned", "unknown-service"],
 )
 def test_forwarded(data, qtype):
     msg, out = ask(data)

@@ -17,7 +17,19 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from pldns.dns.rcode import BADVERS, FORMERR, DnsError, Drop, FormatError, NotImplementedOpcode
+from pldns.dns.rcode import (
+    BADVERS,
+    FORMERR,
+    REFUSED,
+    SERVFAIL,
+    DnsError,
+    Drop,
+    FormatError,
+    NotImplementedOpcode,
+)
+from pldns.dns.rcode import (
+    NOTIMP as RCODE_NOTIMP,
+)
 from pldns.dns.wire import (
     OUR_PAYLOAD,
     build_error,
@@ -228,6 +240,9 @@ def test_badvers_goes_in_the_extended_rcode():
     assert msg.question[0].name == dns.name.from_text(NAME)
 
 
+_ALL_QUERY_FLAGS = dns.flags.RD | dns.flags.CD | dns.flags.AD | dns.flags.AA | dns.flags.TC | 0x40
+
+
 @pytest.mark.parametrize(
     ("query_flags", "rd", "cd"),
     [
@@ -236,17 +251,38 @@ def test_badvers_goes_in_the_extended_rcode():
         (dns.flags.RD | dns.flags.CD, True, True),
         (dns.flags.CD | dns.flags.AD, False, True),
         (dns.flags.RD | dns.flags.AD | dns.flags.AA | dns.flags.TC, True, False),
+        (_ALL_QUERY_FLAGS, True, True),
     ],
-    ids=["rd", "none", "rd-cd", "cd-ad", "rd-ad-aa-tc"],
+    ids=["rd", "none", "rd-cd", "cd-ad", "rd-ad-aa-tc", "all-and-z"],
 )
-def test_error_flags(query_flags, rd, cd):
+@pytest.mark.parametrize(
+    "rcode", [FORMERR, REFUSED, SERVFAIL], ids=["formerr", "refused", "servfail"]
+)
+def test_error_flags(query_flags, rd, cd, rcode):
+    """RD copied always; CD copied only into answers to queries we understood (REFUSED,
+    SERVFAIL: RFC 4035 §3.2.2), never into FORMERR; RA set (a recursive-facing proxy);
+    AD, AA, TC and Z never."""
     data = header(flags=query_flags) + WIRE_NAME + QTAIL
-    msg = dns.message.from_wire(build_error(data, FORMERR, len(data)))
+    msg = dns.message.from_wire(build_error(data, rcode, len(data)))
+    assert msg.rcode() == rcode
     assert msg.flags & dns.flags.QR
     assert msg.flags & dns.flags.RA
     assert bool(msg.flags & dns.flags.RD) == rd
-    assert bool(msg.flags & dns.flags.CD) == cd
-    assert not msg.flags & (dns.flags.AD | dns.flags.AA | dns.flags.TC)
+    assert bool(msg.flags & dns.flags.CD) == (cd and rcode != FORMERR)
+    assert not msg.flags & (dns.flags.AD | dns.flags.AA | dns.flags.TC | 0x40)
+
+
+@pytest.mark.parametrize("opcode", [1, 2, 4, 5, 6, 15])
+def test_notimp_copies_opcode_and_rd_only(opcode):
+    """genreport's `opcodeflg`: every flag set on an unknown opcode; the NOTIMP keeps the
+    opcode and RD (RFC 1035 §4.1.1) and nothing else: RA, AD, CD and AA mean something only
+    for QUERY."""
+    data = header(flags=(opcode << 11) | _ALL_QUERY_FLAGS | dns.flags.RA)
+    msg = dns.message.from_wire(build_error(data, RCODE_NOTIMP, 0))
+    assert msg.opcode() == opcode and msg.rcode() == dns.rcode.NOTIMP
+    assert msg.flags & (dns.flags.QR | dns.flags.RD) == dns.flags.QR | dns.flags.RD
+    assert not msg.flags & (dns.flags.RA | dns.flags.AD | dns.flags.CD | dns.flags.AA)
+    assert not msg.flags & (dns.flags.TC | 0x40)
 
 
 def test_error_keeps_opcode():

@@ -77,6 +77,7 @@ def parse_answers(s: Section) -> Answers:
     answers = Answers(
         ttl=s.number("ttl", DEFAULT_TTL, 0, 86400, integer=True),
         when_unknown=s.string("when_unknown", "forward", choices=("forward", "servfail")),
+        ptr=s.boolean("ptr", False),
     )
     s.close()
     return answers

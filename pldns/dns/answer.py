@@ -12,12 +12,15 @@ from pldns.dns.rcode import SERVFAIL, BadVersion, DnsError, Refused
 from pldns.dns.stats import QTYPE_LABELS, Stats
 from pldns.dns.table import RecordTable
 from pldns.dns.wire import (
+    CLASS_ANY,
     CLASS_IN,
     TYPE_A,
     TYPE_AAAA,
     TYPE_ANY,
     TYPE_AXFR,
     TYPE_IXFR,
+    TYPE_PTR,
+    TYPE_SOA,
     Query,
     build_answer,
     build_error,
@@ -83,28 +86,51 @@ class Resolver:
     def _decide(self, data: bytes, q: Query, proto: str) -> Local | Query:
         if q.opt is not None and q.opt.version != 0:
             raise BadVersion("EDNS version")  # RFC 6891 §6.1.3
-        owned = self.table.names.get(q.qname) if q.qclass == CLASS_IN else None
+        owned = self.table.names.get(q.qname)
         if owned is None:
             return q
+        # Each owned name is a tiny zone of class IN. QCLASS ANY ("*", RFC 1035 §3.2.5) gets
+        # the IN data, without AA: we hold no other class, but an answer to QCLASS ANY cannot
+        # claim to be the whole truth for every class (RFC 6895 §3.2). Any other class (CH,
+        # HS, NONE, ...) is REFUSED: the name is ours, so it is not forwarded for a public
+        # answer, and we serve no data in that class (RFC 1035 §4.1.1: refused by policy).
+        aa = True
+        if q.qclass != CLASS_IN:
+            if q.qclass != CLASS_ANY:
+                raise Refused("class")
+            aa = False
         if not owned.known:
             if self.when_unknown == WHEN_UNKNOWN_FORWARD:
                 return q
             return Local(build_error(data, SERVFAIL, q.qend, q.opt), SOURCE_LOCAL)
         qtype = q.qtype
-        if owned.a_count and qtype in (TYPE_A, TYPE_ANY):
-            # ANY gets the A RRset only (RFC 8482 §4.2: a subset is a valid answer).
+        if qtype == TYPE_ANY:
+            # RFC 8482 §4.2: one RRset is a valid answer to ANY. The addresses are what a
+            # client wants: A, else AAAA (an IPv6-only service), else the PTR.
+            if owned.a_count:
+                qtype = TYPE_A
+            elif owned.aaaa_count:
+                qtype = TYPE_AAAA
+            elif owned.ptr:
+                qtype = TYPE_PTR
+        if qtype == TYPE_A and owned.a_count:
             rot = owned.a[next(self._turn) % len(owned.a)]
-            reply = build_answer(data, q, owned.a_count, rot)
+            reply = build_answer(data, q, owned.a_count, rot, aa=aa)
         elif qtype == TYPE_AAAA and owned.aaaa_count:
             rot = owned.aaaa[next(self._turn) % len(owned.aaaa)]
-            reply = build_answer(data, q, owned.aaaa_count, rot)
+            reply = build_answer(data, q, owned.aaaa_count, rot, aa=aa)
+        elif qtype == TYPE_SOA:
+            # The same SOA the negative answers carry: the owned name is its zone's apex.
+            reply = build_answer(data, q, 1, owned.soa, aa=aa)
+        elif qtype == TYPE_PTR and owned.ptr:
+            reply = build_answer(data, q, 1, owned.ptr, aa=aa)
         elif qtype in (TYPE_AXFR, TYPE_IXFR):
             raise Refused("zone transfer")  # RFC 5936 §2.2.1: transfers may be refused
         else:
-            # NODATA: the name exists, this type does not (RFC 2308 §2.2). Never NXDOMAIN and
-            # never forwarded, or a public AAAA/HTTPS answer would lead clients around the
-            # endpoint.
-            reply = build_answer(data, q, 0, b"", 1, owned.soa)
+            # NODATA: the name exists, this type does not (RFC 2308 §2.2); NS included (the
+            # tiny zone has no delegation to publish). Never NXDOMAIN and never forwarded, or
+            # a public AAAA/HTTPS answer would lead clients around the endpoint.
+            reply = build_answer(data, q, 0, b"", 1, owned.soa, aa=aa)
         if proto == "udp" and len(reply) > udp_limit(q):
             reply = truncate(reply, q.qend, q.opt)
         return Local(reply, SOURCE_OWNED)

@@ -35,6 +35,7 @@ class HostPort:
 class Answers:
     ttl: int = DEFAULT_TTL
     when_unknown: str = "forward"
+    ptr: bool = False  # own the reverse names of the served addresses
 
 
 @dataclass(frozen=True)

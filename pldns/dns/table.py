@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from pldns.dns.wire import TYPE_A, TYPE_AAAA, TYPE_SOA, encode_name
+from pldns.dns.wire import TYPE_A, TYPE_AAAA, TYPE_PTR, TYPE_SOA, encode_name
 
 _PTR_QNAME = b"\xc0\x0c"
 _IN = b"\x00\x01"
@@ -44,7 +44,8 @@ class OwnedName:
     a_count: int
     aaaa: tuple[bytes, ...]
     aaaa_count: int
-    soa: bytes  # the authority-section SOA for NODATA (RFC 2308 §3)
+    soa: bytes  # the SOA: the answer to SOA queries, the authority of NODATA (RFC 2308 §3)
+    ptr: bytes = b""  # a reverse name of a served address (answers.ptr): its PTR record
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +109,14 @@ def build_table(
     ttl: int,
     serial: int | None = None,
     loaded: bool = True,
+    ptr: bool = False,
 ) -> RecordTable:
     """Build a table from service -> domains and service -> addresses.
 
     A service without addresses still owns its names (known=False), so the configured
-    `when_unknown` policy applies to them instead of silently forwarding.
+    `when_unknown` policy applies to them instead of silently forwarding. With `ptr`, the
+    reverse name of every served address (in-addr.arpa, ip6.arpa) is owned as well and
+    answers PTR with the first domain of its service.
     """
     serial = int(time.time()) if serial is None else serial
     soa = soa_record(ttl, serial)
@@ -137,6 +141,8 @@ def build_table(
                 aaaa_count=len(v6),
                 soa=soa,
             )
+    if ptr:
+        _add_reverse_names(names, domains, addresses, ttl, soa)
     return RecordTable(
         names=names,
         fast=fast_replies(names),
@@ -146,6 +152,43 @@ def build_table(
         ttl=ttl,
         loaded=loaded,
     )
+
+
+def _add_reverse_names(
+    names: dict[bytes, OwnedName],
+    domains: Mapping[str, Iterable[str]],
+    addresses: Mapping[str, Addresses],
+    ttl: int,
+    soa: bytes,
+) -> None:
+    """Own the reverse name of each served address, as dnsmasq and blocky do for local records.
+
+    An address served by two services points at the first service's name (config order).
+    A reverse name is its own tiny zone like every owned name: PTR answers, other types
+    NODATA with its SOA. A configured owned name is never replaced.
+    """
+    for service, service_domains in domains.items():
+        first = next(iter(service_domains), None)
+        addrs = addresses.get(service)
+        if first is None or addrs is None:
+            continue
+        record = _rr(TYPE_PTR, ttl, encode_name(first.lower()))
+        for ip in (*addrs.v4, *addrs.v6):
+            reverse = ipaddress.ip_address(ip).reverse_pointer
+            key = encode_name(reverse)
+            if key in names:
+                continue
+            names[key] = OwnedName(
+                name=reverse + ".",
+                service=service,
+                known=True,
+                a=(b"",),
+                a_count=0,
+                aaaa=(b"",),
+                aaaa_count=0,
+                soa=soa,
+                ptr=record,
+            )
 
 
 # Flag bytes of a plain query: QR=0, opcode QUERY, RD either way (byte 2); AD and CD either

@@ -14,13 +14,18 @@ from typing import NamedTuple
 from pldns.dns.rcode import Drop, FormatError, NotImplementedOpcode
 
 TYPE_A = 1
+TYPE_NS = 2
+TYPE_CNAME = 5
 TYPE_SOA = 6
+TYPE_PTR = 12
 TYPE_AAAA = 28
 TYPE_OPT = 41
+TYPE_RRSIG = 46
 TYPE_IXFR = 251
 TYPE_AXFR = 252
 TYPE_ANY = 255
 CLASS_IN = 1
+CLASS_ANY = 255  # as a QCLASS: "*", any class (RFC 1035 §3.2.5)
 
 HEADER_LEN = 12
 MAX_NAME = 255  # RFC 1035 §2.3.4, wire length including the root label
@@ -183,12 +188,31 @@ OPT_PLAIN = opt_record(False)
 OPT_DO = opt_record(True)
 
 
+def error_flags(data: bytes, rcode: int) -> bytes:
+    """Header flags of our FORMERR/NOTIMP: only what RFC 1035 §4.1.1 says a response copies.
+
+    Copied: the opcode and RD ("copied into the response"). Set: QR, and RA only when the
+    opcode is QUERY, where recursion availability means something (RFC 1035 §4.1.1; RFC 6895
+    §2.2 defines the other bits per opcode). Not copied: CD (RFC 4035 §3.2.2 copies it into
+    answers to queries a server understood; a message we reject was not one), TC, AA, AD, Z.
+    """
+    b2 = 0x80 | (data[2] & 0x79)
+    b3 = (0x80 if data[2] & 0x78 == 0 else 0) | (rcode & 0x0F)
+    return bytes((b2, b3))
+
+
+_BARE_ERRORS = frozenset({1, 4})  # FORMERR, NOTIMP: see error_flags
+
+
 def build_error(data: bytes, rcode: int, qend: int = 0, opt: Opt | None = None) -> bytes:
     """An error reply: the question echoed when it parsed (qend > 0), OPT when the query had one.
 
-    RCODEs above 15 (BADVERS) go in the OPT's extended RCODE (RFC 6891 §6.1.3).
+    RCODEs above 15 (BADVERS) go in the OPT's extended RCODE (RFC 6891 §6.1.3). FORMERR and
+    NOTIMP copy only what RFC 1035 says (`error_flags`); the others (REFUSED, SERVFAIL,
+    BADVERS) answer a query we understood and carry the usual flags (`reply_flags`).
     """
-    flags = reply_flags(data, rcode & 0x0F)
+    bare = rcode in _BARE_ERRORS
+    flags = error_flags(data, rcode) if bare else reply_flags(data, rcode & 0x0F)
     ar = 0 if opt is None else 1
     qd = 1 if qend else 0
     head = data[:2] + flags + bytes((0, qd, 0, 0, 0, 0, 0, ar))
@@ -197,16 +221,22 @@ def build_error(data: bytes, rcode: int, qend: int = 0, opt: Opt | None = None) 
 
 
 def build_answer(
-    data: bytes, q: Query, ancount: int, answer: bytes, nscount: int = 0, authority: bytes = b""
+    data: bytes,
+    q: Query,
+    ancount: int,
+    answer: bytes,
+    nscount: int = 0,
+    authority: bytes = b"",
+    aa: bool = True,
 ) -> bytes:
-    """An authoritative NOERROR reply from prebuilt sections (names point at offset 12)."""
+    """A NOERROR reply from prebuilt sections (names point at offset 12), AA unless told."""
     if q.opt is None:
         ar, tail = 0, b""
     else:
         ar, tail = 1, (OPT_DO if q.opt.do else OPT_PLAIN)
     return (
         data[:2]
-        + reply_flags(data, 0, aa=True)
+        + reply_flags(data, 0, aa=aa)
         + bytes((0, 1, ancount >> 8, ancount & 0xFF, 0, nscount, 0, ar))
         + data[HEADER_LEN : q.qend]
         + answer
@@ -293,12 +323,47 @@ def encode_name(name: str) -> bytes:
     return bytes(out)
 
 
+# Bytes printed as themselves in a label; the specials among them get a backslash, and every
+# other byte becomes \DDD (RFC 1035 §5.1 master-file escapes, as dnspython's to_text does).
+_SPECIAL = frozenset(b'"().;\\@$')
+_LABEL_CHARS = [
+    ("\\" + chr(c) if c in _SPECIAL else chr(c)) if 0x20 < c < 0x7F else f"\\{c:03d}"
+    for c in range(256)
+]
+
+
+def label_to_text(label: bytes) -> str:
+    """One label in presentation form, escaped: a client chooses these bytes."""
+    chars = _LABEL_CHARS
+    return "".join([chars[c] for c in label])
+
+
 def decode_name(wire: bytes) -> str:
-    """Wire name (no compression) -> presentation, for logs."""
+    """Wire name (no compression) -> escaped presentation form, for logs and status.
+
+    A label holding a dot, a backslash, a space, a control byte or a non-ASCII byte comes
+    out as `\\.`, `\\\\`, `\\032`, `\\000`, `\\200`: nothing a client sends can forge a
+    log field or reach a terminal as a control sequence.
+    """
     labels = []
     i = 0
-    while i < len(wire) and wire[i]:
+    n = len(wire)
+    while i < n and wire[i]:
         ln = wire[i]
-        labels.append(wire[i + 1 : i + 1 + ln].decode("ascii", "backslashreplace"))
+        labels.append(label_to_text(wire[i + 1 : i + 1 + ln]))
         i += ln + 1
     return ".".join(labels) + "."
+
+
+def escape_text(name: str) -> str:
+    """A name read back from a document (JSON, a remote /status) made safe to print.
+
+    Text that `decode_name` wrote is unchanged; any other byte outside printable ASCII (a
+    space, a control byte, an escape sequence, non-ASCII) becomes \\DDD of its UTF-8 bytes.
+    """
+    if name.isascii() and name.isprintable() and " " not in name:
+        return name
+    return "".join(
+        ch if "!" <= ch <= "~" else "".join(f"\\{b:03d}" for b in ch.encode("utf-8", "replace"))
+        for ch in name
+    )

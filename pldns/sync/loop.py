@@ -60,7 +60,9 @@ def static_addresses(config: Config) -> dict[str, Addresses]:
 
 def table_for(config: Config, addresses: Mapping[str, Addresses], loaded: bool) -> RecordTable:
     domains = {s.name: s.domains for s in config.services}
-    return build_table(domains, addresses, config.answers.ttl, loaded=loaded)
+    return build_table(
+        domains, addresses, config.answers.ttl, loaded=loaded, ptr=config.answers.ptr
+    )
 
 
 class Syncer:
