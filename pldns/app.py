@@ -12,6 +12,7 @@ import logging
 import time
 from collections import Counter
 
+from pldns import logs
 from pldns.config import Config
 from pldns.config.resolvconf import upstream_addresses
 from pldns.config.sync import SOURCE_FILE, SOURCE_PRIVATELINK
@@ -28,6 +29,7 @@ from pldns.dns.table import RecordTable
 from pldns.sync.loop import Syncer, SyncState
 from pldns.sync.snapshot import FileSink, SnapshotSink
 from pldns.sync.source import EndpointSource, FileSource
+from pldns.sync.task import supervise
 
 log = logging.getLogger("pldns")
 
@@ -40,7 +42,7 @@ def make_source(config: Config) -> EndpointSource | None:
 
         return PrivateLinkSource(config.privatelink, config.region, config.services)
     if config.sync.source == SOURCE_FILE:
-        return FileSource(config.sync.file)
+        return FileSource(config.sync.file, config.region)
     return None
 
 
@@ -55,6 +57,19 @@ def config_version(config: Config, raw: bytes | None = None) -> str:
 
 def _sync_inputs(config: Config) -> tuple[object, ...]:
     return (config.region, config.services, config.answers, config.sync, config.privatelink)
+
+
+def source_identity(config: Config) -> tuple[object, ...]:
+    """What defines where addresses come from; a timeout, proxy or page size does not."""
+    pl = config.privatelink
+    return (
+        config.sync.source,
+        config.sync.file,
+        pl.vpc_id,
+        pl.region or config.region,
+        pl.endpoint,
+        config.region,
+    )
 
 
 class App:
@@ -101,18 +116,22 @@ class App:
     # -- building --------------------------------------------------------------------------
 
     def _new_syncer(self, config: Config, previous: Syncer | None) -> Syncer:
-        """A syncer for `config`; it keeps the previous one's addresses if the source is the same."""
+        """A syncer for `config`, carrying over the previous one's synced addresses.
+
+        The addresses are always carried (for the services still synced): a reload never
+        drops to an empty table. A new source (kind, file, VPC, region, endpoint) replaces
+        them at its first good round; the empty rules of the sync loop still apply.
+        """
+        logs.learn_credentials(config.privatelink.credentials.file)
         syncer = Syncer(
             config, make_source(config), self.swap_table, make_sinks(config), self.sync_state
         )
-        same_source = previous is not None and (
-            previous.config.sync.source,
-            previous.config.sync.file,
-            previous.config.privatelink,
-        ) == (config.sync.source, config.sync.file, config.privatelink)
-        if previous is not None and same_source and previous.source is not None:
-            names = {s.name for s in config.services if not s.static}
+        if previous is not None and previous.fed and syncer.source is not None:
+            names = syncer.synced_names()
             syncer.fed = {k: v for k, v in previous.fed.items() if k in names}
+            syncer._published = dict(previous._published)
+            if source_identity(config) != source_identity(previous.config):
+                log.info("sync source changed; serving the previous addresses until it answers")
             syncer.install(self.sync_state.origin or "static", self.sync_state.data_time)
             return syncer
         syncer.start_static()
@@ -151,19 +170,44 @@ class App:
             await self.syncer.round()  # a node resolver serves the mounted file from the start
 
     def _start_sync(self) -> None:
+        """The sync loop, supervised: if it ever ends it is logged, counted and restarted."""
         if self.syncer.source is not None:
             self.sync_task = asyncio.get_running_loop().create_task(
-                self.syncer.run(self.stopping), name="sync"
+                supervise(
+                    "sync",
+                    lambda: self.syncer.run(self.stopping),
+                    self.stopping,
+                    self.sync_state.task,
+                ),
+                name="sync",
             )
 
+    def table_state(self) -> tuple[bool, str]:
+        """The owned-name table as its own condition (not readiness unless opted in)."""
+        if self.syncer.source is None:
+            return True, "static"
+        task = self.sync_state.task
+        if self.sync_task is not None and not task.running and task.restarts:
+            return False, f"sync task restarting after: {task.last_crash}"
+        if not self.resolver.table.loaded:
+            return False, "no table loaded yet (waiting for the snapshot, file or first sync)"
+        return True, "loaded"
+
     def ready(self) -> tuple[bool, str]:
-        """Readiness: listeners bound, a table loaded, not shutting down."""
+        """Readiness: listening and able to answer, not shutting down.
+
+        An unsynced owned name is answered per answers.when_unknown, so a missing table does
+        not make the process unable to answer; sync.ready_requires_table brings back the
+        gate on a loaded table for those who want it.
+        """
         if self.lame_duck or self.shutting_down:
             return False, "shutting down"
         if not self.listeners:
             return False, "listeners not bound"
-        if not self.resolver.table.loaded:
-            return False, "no table loaded yet (waiting for the snapshot, file or first sync)"
+        if self.config.sync.ready_requires_table:
+            ok, why = self.table_state()
+            if not ok:
+                return False, why
         return True, "ready"
 
     async def run(self) -> None:

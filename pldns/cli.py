@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--config", "-c", required=True, help="YAML config file")
     sync.add_argument("--once", action="store_true", help="one round, print the table, exit")
     sync.add_argument("--out", help="snapshot file to write (default: sync.snapshot)")
-    sync.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sync.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="overrides log.level"
+    )
     sync.add_argument(
         "--configmap",
         metavar="NAMESPACE/NAME",
@@ -75,7 +77,7 @@ def _cloud(args: argparse.Namespace) -> int:
     from pldns.sync.discovery import run_discover
     from pldns.synccli import check_sync_config, run_sync_command
 
-    _setup_logging(getattr(args, "log_level", "warning"))
+    _setup_logging(getattr(args, "log_level", None) or "warning")
     config = _load(args.config, upstreams=False)
     if config is None:
         return EXIT_CONFIG

@@ -113,9 +113,23 @@ METRICS: dict[str, tuple[str, str]] = {
         GAUGE,
         "Sync rounds failed in a row (0 after a success).",
     ),
+    "pldns_sync_task_restarts_total": (
+        COUNTER,
+        "Times the supervised sync task ended unexpectedly and was restarted.",
+    ),
+    "pldns_sync_task_running": (
+        GAUGE,
+        "1 while the sync task runs, 0 while it waits to be restarted (or there is none).",
+    ),
+    "pldns_sync_held_services": (
+        GAUGE,
+        "Services kept at their previous addresses although the last round found none "
+        "(sync.keep_rounds).",
+    ),
     "pldns_snapshot_age_seconds": (
         GAUGE,
-        "Age of the owned-name data being served (since its source produced it); -1 if unknown.",
+        "Seconds since the source last confirmed the served data (the syncer's generated_at "
+        "for a node); -1 if unknown.",
     ),
     "pldns_snapshot_writes_total": (COUNTER, "Snapshots written (last-known-good persisted)."),
     "pldns_snapshot_errors_total": (
@@ -127,6 +141,10 @@ METRICS: dict[str, tuple[str, str]] = {
         "Addresses served for each configured service, by address family (ipv4, ipv6).",
     ),
     "pldns_owned_names": (GAUGE, "Names answered from the owned-name table."),
+    "pldns_table_loaded": (
+        GAUGE,
+        "1 when the owned-name table holds data from its source (or the source is static).",
+    ),
     "pldns_config_reloads_total": (
         COUNTER,
         "Config reloads, by result (success, failure: the old config is kept).",
@@ -249,6 +267,7 @@ class AppCollector(Collector):
             owned.add_metric([name, "ipv6"], len(addrs.v6) if addrs else 0)
         yield owned
         yield _gauge("pldns_owned_names", len(table.names))
+        yield _gauge("pldns_table_loaded", 1 if self.app.table_state()[0] else 0)
 
     # -- the process ---------------------------------------------------------------------
 
@@ -277,6 +296,9 @@ def sync_families(st: SyncState) -> Iterator[Metric]:
     yield _gauge("pldns_sync_last_success_timestamp_seconds", st.last_success or 0)
     yield _gauge("pldns_sync_duration_seconds", st.last_duration)
     yield _gauge("pldns_sync_consecutive_failures", st.consecutive_failures)
+    yield _counter("pldns_sync_task_restarts_total", value=st.task.restarts)
+    yield _gauge("pldns_sync_task_running", 1 if st.task.running else 0)
+    yield _gauge("pldns_sync_held_services", len(st.held))
     age = st.age()
     yield _gauge("pldns_snapshot_age_seconds", -1 if age is None else age)
     yield _counter("pldns_snapshot_writes_total", value=st.snapshot_writes)

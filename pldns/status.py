@@ -61,6 +61,7 @@ def build_status(app: App, now: float | None = None) -> dict[str, Any]:
         },
         "listeners": [str(a) for a in app.config.listen],
         "owned_names": len(table.names),
+        "table": _table_condition(app),
         "services": [_service(s, table.services.get(s.name)) for s in app.config.services],
         "sync": _sync(app, now),
         "upstreams": [
@@ -123,6 +124,24 @@ def _sync(app: App, now: float) -> dict[str, Any]:
         "partial": dict(st.partial),
         "snapshot_writes": st.snapshot_writes,
         "snapshot_errors": st.snapshot_errors,
+        "held": dict(st.held),
+        "refused_empty": st.refused_empty,
+        "task": {
+            "running": st.task.running,
+            "restarts": st.task.restarts,
+            "last_crash": st.task.last_crash,
+            "last_crash_at": st.task.last_crash_at,
+        },
+    }
+
+
+def _table_condition(app: App) -> dict[str, Any]:
+    """The owned-name table as a condition of its own (readiness does not wait for it)."""
+    ok, reason = app.table_state()
+    return {
+        "loaded": ok,
+        "reason": reason,
+        "required_for_ready": app.config.sync.ready_requires_table,
     }
 
 

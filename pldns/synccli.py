@@ -8,9 +8,10 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
+from pldns import logs
 from pldns.config import Config
 from pldns.config.sync import SOURCE_PRIVATELINK
 from pldns.httpapi import HttpApi
@@ -18,6 +19,7 @@ from pldns.metrics import render_sync
 from pldns.sync.loop import Syncer, SyncState
 from pldns.sync.privatelink import PrivateLinkSource, api_host
 from pldns.sync.snapshot import FileSink, SnapshotSink
+from pldns.sync.task import supervise
 
 if TYPE_CHECKING:
     from pldns.sync.lease import LeaseElector
@@ -62,6 +64,7 @@ async def run_sync(
     out: TextIO = sys.stdout,
     elector: LeaseElector | None = None,
 ) -> int:
+    logs.learn_credentials(config.privatelink.credentials.file)
     source = source or PrivateLinkSource(config.privatelink, config.region, config.services)
     syncer = Syncer(config, source, lambda table: None, sinks, SyncState())
     log.info(
@@ -71,6 +74,8 @@ async def run_sync(
         config.sync.interval,
         ", ".join(s.name for s in sinks) or "nowhere",
     )
+    if elector is None:
+        await syncer.adopt_published()  # a new process starts from what the nodes have
     if once:
         ok = await syncer.round()
         if ok:
@@ -90,15 +95,20 @@ async def run_sync(
     http = await start_http(config, syncer.state, elector)
     try:
         if elector is not None:
+            current = [syncer]
 
-            def term(lost: asyncio.Event) -> Awaitable[None]:
-                # A fresh Syncer each term publishes its first round even if an earlier term
-                # of this replica published the same bytes (another leader may have written).
-                return Syncer(config, syncer.source, lambda t: None, sinks, syncer.state).run(lost)
+            async def term(lost: asyncio.Event) -> None:
+                # Each term starts from what is published now (another leader may have
+                # written since this replica last led), over what this replica knew.
+                fresh = Syncer(config, syncer.source, lambda t: None, sinks, syncer.state)
+                fresh.fed = dict(current[0].fed)
+                current[0] = fresh
+                await fresh.adopt_published()
+                await supervise("sync", lambda: fresh.run(lost), lost, syncer.state.task)
 
             await elector.run_as_leader(term, stop)
         else:
-            await syncer.run(stop)
+            await supervise("sync", lambda: syncer.run(stop), stop, syncer.state.task)
     finally:
         if http is not None:
             await http.close()
@@ -109,6 +119,8 @@ def sync_ready(state: SyncState, elector: LeaseElector | None) -> tuple[bool, st
     """A syncer is ready once a round has worked; a replica standing by is ready too."""
     if elector is not None and not elector.is_leader:
         return True, "standing by (not the leader)"
+    if state.task.restarts and not state.task.running:
+        return False, f"sync task restarting after: {state.task.last_crash}"
     if state.last_success is None:
         return False, f"no successful sync yet ({state.last_error or 'first round running'})"
     return True, "ready"
@@ -134,7 +146,7 @@ async def start_http(
             "role": "syncer",
             "leader": None if elector is None else elector.is_leader,
             "ready": sync_ready(state, elector)[0],
-            "sync": {**vars(state), "age": state.age()},
+            "sync": {**vars(state), "task": vars(state.task), "age": state.age()},
         }
         return 200, "application/json", json.dumps(doc, indent=2, default=str).encode() + b"\n"
 
@@ -153,6 +165,8 @@ async def start_http(
 
 async def run_sync_command(config: Config, args: argparse.Namespace) -> int:
     """`pldns sync` with its options: file and ConfigMap sinks, Lease leader election."""
+    level = getattr(args, "log_level", None) or config.log.level
+    logs.setup(level, config.log.format)
     sinks = sinks_for(config, args.out)
     if not (getattr(args, "configmap", None) or getattr(args, "lease", None)):
         return await run_sync(config, args.once, sinks)

@@ -144,13 +144,40 @@ def test_metrics_move_with_real_queries(ops: Any, upstream: FakeUpstream) -> Non
     assert metric(p, "pldns_build_info", version=__import__("pldns").__version__) == 1
 
 
-def test_health_and_readiness_follow_the_table(ops: Any, tmp_path: Path) -> None:
+def test_ready_while_listening_table_is_its_own_condition(ops: Any, tmp_path: Path) -> None:
+    """A node whose snapshot is not there yet is ready (it answers, when_unknown decides
+    owned names); the table state shows in /status and pldns_table_loaded."""
     snapshot = tmp_path / "mounted" / "snapshot.json"
     server = ops(
         sync={"source": "file", "file": str(snapshot), "poll": 0.2},
         services={"eci": {"domains": [OWNED]}},
     )
     assert http_get(server.http_port, "/healthz") == (200, "ok\n")
+    assert http_get(server.http_port, "/readyz") == (200, "ready\n")
+    doc = json.loads(http_get(server.http_port, "/status")[1])
+    assert doc["ready"] is True
+    assert doc["table"]["loaded"] is False and "no table loaded" in doc["table"]["reason"]
+    assert metric(server.http_port, "pldns_table_loaded") == 0
+    assert metric(server.http_port, "pldns_ready") == 1
+    from pldns.dns.table import Addresses
+    from pldns.sync.snapshot import Snapshot, encode, write_atomic
+
+    write_atomic(
+        snapshot, encode(Snapshot("cn-hangzhou", {"eci": Addresses(("10.1.2.3",))}, time.time()))
+    )
+    assert wait_until(lambda: addresses(ask(server, OWNED)) == {"10.1.2.3"})
+    doc = json.loads(http_get(server.http_port, "/status")[1])
+    assert doc["ready"] is True and doc["sync"]["source"] == "file"
+    assert doc["table"] == {"loaded": True, "reason": "loaded", "required_for_ready": False}
+    assert metric(server.http_port, "pldns_table_loaded") == 1
+
+
+def test_ready_requires_table_is_the_old_gate(ops: Any, tmp_path: Path) -> None:
+    snapshot = tmp_path / "mounted" / "snapshot.json"
+    server = ops(
+        sync={"source": "file", "file": str(snapshot), "poll": 0.2, "ready_requires_table": True},
+        services={"eci": {"domains": [OWNED]}},
+    )
     status, body = http_get(server.http_port, "/readyz")
     assert status == 503 and "no table loaded" in body
     from pldns.dns.table import Addresses
@@ -161,8 +188,6 @@ def test_health_and_readiness_follow_the_table(ops: Any, tmp_path: Path) -> None
     )
     assert wait_until(lambda: http_get(server.http_port, "/readyz")[0] == 200)
     assert addresses(ask(server, OWNED)) == {"10.1.2.3"}
-    doc = json.loads(http_get(server.http_port, "/status")[1])
-    assert doc["ready"] is True and doc["sync"]["source"] == "file"
 
 
 def test_lame_duck_then_drain_then_exit_zero(ops: Any, upstream: FakeUpstream) -> None:

@@ -409,7 +409,7 @@ def test_sync_once_prints_the_table_and_fails_clearly_when_the_api_is_down(
 
 
 def test_serve_follows_changes_removals_and_new_endpoints(run: Pldns, emu: OpenApiEmulator) -> None:
-    cfg = config(emu)
+    cfg = config(emu, sync={"keep_rounds": 2})
     addr = dns_addr(cfg)
     proc = run.serve("serve", cfg)
     pid = proc.proc.pid  # type: ignore[union-attr]
@@ -424,7 +424,11 @@ def test_serve_follows_changes_removals_and_new_endpoints(run: Pldns, emu: OpenA
     assert took < 2 * INTERVAL + 1.5, took  # within ~2 intervals
 
     emu.remove_endpoint("ep-vpc")
-    wait_answer(addr, VPC_NAME, SERVFAIL, proc=proc)
+    # Kept for sync.keep_rounds good rounds (the endpoint may be Updating), then dropped.
+    wait_until(lambda: status(cfg)["sync"]["held"].get("vpc"), 6, "vpc held")
+    assert ask(addr, VPC_NAME) == ok("10.0.1.1")
+    wait_answer(addr, VPC_NAME, SERVFAIL, proc=proc, timeout=10)
+    assert "keeping its 1 previous addresses (round 2 of 2" in proc.log()
 
     emu.add_endpoint(
         "ep-ecs",

@@ -19,6 +19,8 @@ DEFAULT_FILE_POLL = 2.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_PAGE_SIZE = 50
+DEFAULT_KEEP_ROUNDS = 5
+DEFAULT_HEARTBEAT = 5
 
 # PrivateLink service names that Alibaba Cloud publishes (domain.md); {region} is expanded.
 DEFAULT_SERVICE_NAMES = {
@@ -80,6 +82,13 @@ class Sync:
     snapshot: str = DEFAULT_SNAPSHOT  # last-known-good file; "" = none
     file: str = ""  # the snapshot to follow with source: file
     poll: float = DEFAULT_FILE_POLL
+    # Rounds a service that had addresses keeps them after a good round finds none for it.
+    keep_rounds: int = DEFAULT_KEEP_ROUNDS
+    # The syncer republishes an unchanged snapshot (fresh generated_at) every this many
+    # intervals, so a node can tell a live syncer with stable IPs from a dead one.
+    heartbeat: int = DEFAULT_HEARTBEAT
+    # /readyz and READY=1 also wait for a loaded table (the old gate); off by default.
+    ready_requires_table: bool = False
 
 
 def parse_sync(s: Section) -> Sync:
@@ -90,6 +99,9 @@ def parse_sync(s: Section) -> Sync:
         snapshot=s.string("snapshot", DEFAULT_SNAPSHOT),
         file=s.string("file", ""),
         poll=s.number("poll", DEFAULT_FILE_POLL, 0.1, 3600),
+        keep_rounds=s.number("keep_rounds", DEFAULT_KEEP_ROUNDS, 0, 100000, integer=True),
+        heartbeat=s.number("heartbeat", DEFAULT_HEARTBEAT, 1, 10000, integer=True),
+        ready_requires_table=s.boolean("ready_requires_table", False),
     )
     if sync.source == SOURCE_FILE and not sync.file:
         s.problems.add(join(s.path, "file"), "is required when source is file")

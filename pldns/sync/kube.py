@@ -329,6 +329,17 @@ class ConfigMapSink:
             409, "Conflict", f"update {what}: still conflicting after {self.retries} tries"
         )
 
+    async def read(self) -> bytes | None:
+        """The snapshot in the ConfigMap now; None if there is none. KubeError on failure."""
+        path = configmap_path(self.namespace, self.configmap)
+        status, doc = await self.client.request("GET", path)
+        if status == 404:
+            return None
+        if status != 200:
+            raise api_error(status, doc, f"get configmap {self.namespace}/{self.configmap}")
+        text = (doc.get("data") or {}).get(self.key)
+        return text.encode("utf-8") if isinstance(text, str) else None
+
     def _new(self, text: str) -> dict[str, Any]:
         return {
             "apiVersion": "v1",

@@ -1,8 +1,19 @@
 """The sync loop: fetch addresses from a source, build a new table, swap it, persist it.
 
 A failed round keeps the table being served (last known good) and is counted; the next
-round comes sooner (backoff with jitter, never sooner than a throttling retry_after). A
-partial failure keeps the old addresses of the services it touched.
+round comes sooner (capped backoff with jitter, never sooner than a throttling
+retry_after). It never publishes less than it knows:
+
+- a partial failure keeps the old addresses of the services it touched;
+- a service that had addresses and now has none keeps them for `sync.keep_rounds` good
+  rounds (logged), in the served table as in the snapshot;
+- a round that finds no address at all for any service is refused (the table and the
+  snapshot stay as they were) and counted as an `invalid` failure;
+- a new process or Lease term first reads what is published (`adopt_published`).
+
+Every good round confirms the data (`data_time`), and an unchanged snapshot is republished
+every `sync.heartbeat` intervals with a fresh `generated_at`: nodes tell a live syncer with
+stable addresses from a dead one by the snapshot's age.
 """
 
 from __future__ import annotations
@@ -16,11 +27,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pldns import logs
 from pldns.config import Config
 from pldns.config.sync import SOURCE_FILE
+from pldns.dns.backoff import capped_backoff
 from pldns.dns.table import Addresses, RecordTable, build_table
-from pldns.sync.snapshot import Snapshot, SnapshotError, SnapshotSink, encode, read
+from pldns.sync.snapshot import Snapshot, SnapshotError, SnapshotSink, decode, encode, read
 from pldns.sync.source import EndpointSource, SourceError, SourceResult
+from pldns.sync.task import TaskHealth
 
 log = logging.getLogger("pldns.sync")
 
@@ -45,6 +59,9 @@ class SyncState:
     snapshot_writes: int = 0
     snapshot_errors: int = 0
     partial: dict[str, str] = field(default_factory=dict)  # endpoint -> error, last round
+    held: dict[str, int] = field(default_factory=dict)  # service -> rounds kept without IPs
+    refused_empty: int = 0  # rounds that found no address at all (refused)
+    task: TaskHealth = field(default_factory=TaskHealth)  # the supervised sync task
 
     def age(self, now: float | None = None) -> float | None:
         if self.data_time is None:
@@ -76,8 +93,10 @@ class Syncer:
         sinks: Sequence[SnapshotSink] = (),
         state: SyncState | None = None,
         rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.clock = clock
         self.source = source
         self.publish = publish
         self.sinks = list(sinks)
@@ -86,8 +105,10 @@ class Syncer:
         self.rand = rand
         self.static = static_addresses(config)
         self.fed: dict[str, Addresses] = {}  # addresses from the source (or its snapshot)
-        self._published: bytes | None = None
+        # Per sink: the body last published (without its time) and when (wall clock).
+        self._published: dict[str, tuple[bytes, float]] = {}
         self._last_failure: SourceError | None = None
+        self._last_key: tuple[str, str] | None = None
         self.interval = (
             config.sync.poll if config.sync.source == SOURCE_FILE else config.sync.interval
         )
@@ -108,19 +129,81 @@ class Syncer:
     def start_static(self) -> RecordTable:
         return self.install("static", time.time())
 
+    @property
+    def heartbeat(self) -> float:
+        """Seconds after which an unchanged snapshot is published again (fresh time)."""
+        return self.config.sync.heartbeat * self.interval
+
+    def synced_names(self) -> set[str]:
+        return {s.name for s in self.config.services if not s.static}
+
+    def check_region(self, snap: Snapshot, where: str) -> None:
+        if snap.region != self.config.region:
+            raise SnapshotError(
+                f"{where} is for region {snap.region!r}, this config is for {self.config.region!r}"
+            )
+
     def load_snapshot(self, path: str) -> bool:
         """Serve from the last-known-good file at start; a bad file is reported, never fatal."""
         try:
             snap = read(path)
+            self.check_region(snap, path)
         except SnapshotError as err:
             log.warning("snapshot %s not used: %s", path, err)
             self.state.snapshot_errors += 1
             return False
-        names = {s.name for s in self.config.services if not s.static}
+        names = self.synced_names()
         self.fed = {k: v for k, v in snap.services.items() if k in names}
         self.install("snapshot", snap.generated_at)
         log.info("serving from snapshot %s (%.0fs old, %d services)", path, snap.age, len(self.fed))
         return True
+
+    async def adopt_published(self) -> bool:
+        """Take what the sinks hold now (ConfigMap, --out file) as the previous state.
+
+        A new process or Lease term knows nothing in memory; what the nodes are serving is
+        what was published. Services published with addresses are merged over what this
+        process already had; what each sink holds also counts as already published there
+        (the heartbeat continues from its generated_at). Unreadable or foreign data is
+        logged and skipped; it never stops the syncer.
+        """
+        adopted = False
+        names = self.synced_names()
+        for sink in self.sinks:
+            reader = getattr(sink, "read", None)
+            if reader is None:
+                continue
+            try:
+                data = await reader()
+                if data is None:
+                    continue
+                snap = decode(data, origin="snapshot")
+                self.check_region(snap, sink.name)
+            except SnapshotError as err:
+                log.warning("published snapshot in %s not adopted: %s", sink.name, err)
+                continue
+            except Exception as err:  # the API is down: start from what we have
+                log.warning(
+                    "could not read the published snapshot from %s: %s",
+                    sink.name,
+                    logs.redact(str(err)),
+                )
+                continue
+            known = {k: v for k, v in snap.services.items() if k in names and v.known}
+            if known:
+                self.fed = {**self.fed, **known}
+                self.state.data_time = max(self.state.data_time or 0.0, snap.generated_at)
+                adopted = True
+                log.info(
+                    "adopted the published snapshot from %s (%.0fs old, %d services)",
+                    sink.name,
+                    max(0.0, self.clock() - snap.generated_at),
+                    len(known),
+                )
+            self._published[sink.name] = (_body(snap), snap.generated_at)
+        if adopted:
+            self.install("snapshot", self.state.data_time)
+        return adopted
 
     # -- one round -----------------------------------------------------------------------
 
@@ -142,63 +225,115 @@ class Syncer:
             return False
         finally:
             st.last_duration = time.monotonic() - started
-        if result is not None:
-            await self._apply(result)
+        if result is not None and not await self._apply(result):
+            return False
         if st.consecutive_failures:
             log.info("sync recovered after %d failed rounds", st.consecutive_failures)
         st.consecutive_failures = 0
+        self._last_key = None
         st.last_success = time.time()
         return True
 
-    async def _apply(self, result: SourceResult) -> None:
+    async def _apply(self, result: SourceResult) -> bool:
+        """Install and persist a round's result; False if it was refused (all empty)."""
         fed = dict(result.addresses)
         for name in result.incomplete:
             if name in self.fed:
                 fed[name] = self.fed[name]  # partial failure: keep what we had
         for endpoint, error in result.errors.items():
             log.warning(
-                "endpoint %s skipped this round, kept its last addresses: %s", endpoint, error
+                "endpoint %s skipped this round, kept its last addresses: %s",
+                endpoint,
+                logs.redact(error),
             )
-        self.state.partial = dict(result.errors)
+        if not _known(fed) and _known(self.fed):
+            self.state.refused_empty += 1
+            self._failed(
+                SourceError(
+                    "invalid",
+                    "the round found no usable address for any service; "
+                    "the table and the snapshot keep the previous addresses",
+                    code="empty",
+                )
+            )
+            return False
+        if self.source is not None and self.source.kind != SOURCE_FILE:
+            self._hold(fed)  # a file is the syncer's decision: its holds are already in it
+        self.state.partial = {k: logs.redact(v) for k, v in result.errors.items()}
         changed = _content(fed) != _content(self.fed)
         self.fed = fed
+        confirmed = result.generated_at or self.clock()
         if changed or self.state.origin in ("", "static", "snapshot"):
-            self.install(
-                self.source.kind if self.source else "static", result.generated_at or time.time()
-            )
+            self.install(self.source.kind if self.source else "static", confirmed)
             if changed:
                 log.info("table updated: %s", summarize(self.addresses()))
+        self.state.data_time = confirmed  # the source confirmed the data now, changed or not
         if self.state.origin != "file" or self.config.sync.snapshot:
             await self._persist()
+        return True
+
+    def _hold(self, fed: dict[str, Addresses]) -> None:
+        """A service that had addresses and now has none keeps them for keep_rounds rounds."""
+        keep = self.config.sync.keep_rounds
+        held = self.state.held
+        for name, old in self.fed.items():
+            new = fed.get(name)
+            if not old.known or (new is not None and new.known):
+                held.pop(name, None)
+                continue
+            rounds = held.get(name, 0) + 1
+            if rounds <= keep:
+                held[name] = rounds
+                fed[name] = old
+                log.warning(
+                    "service %s: no usable address this round; keeping its %d previous "
+                    "addresses (round %d of %d, sync.keep_rounds)",
+                    name, len(old.v4) + len(old.v6), rounds, keep,
+                )  # fmt: skip
+            else:
+                held.pop(name, None)
+                log.warning(
+                    "service %s: no usable address for %d rounds; dropping its addresses "
+                    "(its names now follow answers.when_unknown)",
+                    name, rounds,
+                )  # fmt: skip
+        for name in list(held):
+            if name not in fed:
+                held.pop(name)
 
     async def _persist(self) -> None:
-        snap = Snapshot(self.config.region, self.fed, self.state.data_time or time.time())
+        now = self.clock()
+        snap = Snapshot(self.config.region, self.fed, self.state.data_time or now)
         if snap.empty:
             log.warning("not writing a snapshot without a single address (kept the previous one)")
             return
-        body = encode(Snapshot(snap.region, snap.services, 0))
-        if body == self._published:
-            return
+        body = _body(snap)
         data = encode(snap)
-        for sink in self.sinks:
+        for sink in self.sinks:  # one failing sink does not stop the others
+            last = self._published.get(sink.name)
+            if last is not None and last[0] == body and now - last[1] < self.heartbeat:
+                continue
             try:
                 await sink.publish(data)
-                self.state.snapshot_writes += 1
-            except Exception as err:  # disk full, API down: the next change tries again
+            except Exception as err:  # disk full, API down: the next round tries again
                 self.state.snapshot_errors += 1
-                log.warning("snapshot publish to %s failed: %s", sink.name, err)
-                return
-        self._published = body
+                log.warning("snapshot publish to %s failed: %s", sink.name, logs.redact(str(err)))
+                continue
+            self.state.snapshot_writes += 1
+            self._published[sink.name] = (body, now)
 
     def _failed(self, err: SourceError) -> None:
         self._last_failure = err
         st = self.state
         st.failures[err.reason] += 1
         st.consecutive_failures += 1
-        message = str(err)
-        if message != st.last_error:
+        if err.reason == "auth":
+            logs.learn_credentials(self.config.privatelink.credentials.file)
+        message = logs.redact(str(err))
+        if err.key != self._last_key:
             level = logging.ERROR if err.reason == "auth" else logging.WARNING
             log.log(level, "sync failed, still serving the last good table: %s", message)
+        self._last_key = err.key
         st.last_error = message
         st.last_error_at = time.time()
 
@@ -207,7 +342,8 @@ class Syncer:
     def delay(self, ok: bool) -> float:
         """Seconds to the next round: the interval, or a backoff after failures.
 
-        Failures retry after 2, 4, 8, ... seconds up to the interval; an auth error waits
+        Failures retry after 2, 4, 8, ... seconds up to the interval (capped_backoff: any
+        number of failures in a row gives a finite wait); an auth error waits
         the whole interval (it will not fix itself in seconds); a throttling retry_after is
         a floor. Every wait is spread by +-jitter so a fleet does not call in step.
         """
@@ -220,7 +356,7 @@ class Syncer:
         if err.reason == "auth":
             base = self.interval
         else:
-            base = min(self.interval, FIRST_RETRY * 2 ** max(0, n - 1))
+            base = capped_backoff(max(1, n), FIRST_RETRY, self.interval)
         wait = base * spread
         if err.retry_after:
             wait = max(wait, err.retry_after * (1 + jitter * self.rand()))
@@ -239,6 +375,15 @@ def _content(addresses: Mapping[str, Addresses]) -> dict[str, tuple[object, ...]
         k: (sorted(v.v4), sorted(v.v6), sorted(tuple(sorted(d.items())) for d in v.detail))
         for k, v in addresses.items()
     }
+
+
+def _known(addresses: Mapping[str, Addresses]) -> bool:
+    return any(a.known for a in addresses.values())
+
+
+def _body(snap: Snapshot) -> bytes:
+    """The snapshot without its time: what decides whether it changed."""
+    return encode(Snapshot(snap.region, snap.services, 0))
 
 
 def summarize(addresses: Mapping[str, Addresses]) -> str:

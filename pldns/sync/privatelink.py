@@ -83,22 +83,24 @@ def classify(err: BaseException) -> SourceError:
     name = type(err).__name__
     if name == "ThrottlingException" or code in THROTTLING_CODES or status == 503:
         wait = float(retry_after) / 1000.0 if retry_after else None  # header is milliseconds
-        return SourceError("throttled", f"{code or 'Throttling'} (HTTP {status})", request_id, wait)
+        return SourceError(
+            "throttled", f"{code or 'Throttling'} (HTTP {status})", request_id, wait, code=code
+        )
     if code.startswith(AUTH_CODE_PREFIXES) or status in (401, 403):
-        return SourceError("auth", f"{code} (HTTP {status})", request_id)
+        return SourceError("auth", f"{code} (HTTP {status})", request_id, code=code)
     if status is not None and int(status) >= 500:
-        return SourceError("server", f"{code} (HTTP {status})", request_id)
+        return SourceError("server", f"{code} (HTTP {status})", request_id, code=code)
     if status is not None:
-        return SourceError("client", f"{code} (HTTP {status})", request_id)
+        return SourceError("client", f"{code} (HTTP {status})", request_id, code=code)
     text = str(err)
     # No usable credentials (empty chain, unreadable credentials file): the SDK wraps the
     # credentials package's error in UnretryableException. It is not a network problem.
     inner = getattr(err, "inner_exception", None)
     if "CredentialException" in (name, type(inner).__name__) or getattr(inner, "filename", None):
-        return SourceError("auth", f"no usable credentials: {text[:200]}")
+        return SourceError("auth", f"no usable credentials: {text[:200]}", code="credentials")
     if isinstance(err, TimeoutError) or "timeout" in (name + text).lower() or "timed out" in text:
-        return SourceError("timeout", f"{name}: {text[:200]}")
-    return SourceError("network", f"{name}: {text[:200]}")
+        return SourceError("timeout", f"{name}: {text[:200]}", code=name)
+    return SourceError("network", f"{name}: {text[:200]}", code=name)
 
 
 class PrivateLinkSource:

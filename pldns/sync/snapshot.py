@@ -50,6 +50,12 @@ class SnapshotSink(Protocol):
     async def publish(self, data: bytes) -> None: ...
 
 
+class ReadableSink(SnapshotSink, Protocol):
+    """A sink that can say what it holds now (so a new syncer starts from it)."""
+
+    async def read(self) -> bytes | None: ...
+
+
 def encode(snapshot: Snapshot) -> bytes:
     services: dict[str, Any] = {}
     for name, addrs in sorted(snapshot.services.items()):
@@ -137,3 +143,10 @@ class FileSink:
 
     async def publish(self, data: bytes) -> None:
         write_atomic(self.path, data)
+
+    async def read(self) -> bytes | None:
+        """What is published there now; None if nothing is."""
+        try:
+            return Path(self.path).read_bytes()
+        except FileNotFoundError:
+            return None

@@ -20,13 +20,26 @@ REASONS = ("throttled", "auth", "timeout", "network", "server", "client", "inval
 
 class SourceError(Exception):
     def __init__(
-        self, reason: str, message: str, request_id: str = "", retry_after: float | None = None
+        self,
+        reason: str,
+        message: str,
+        request_id: str = "",
+        retry_after: float | None = None,
+        code: str = "",
     ) -> None:
         super().__init__(message)
         self.reason = reason if reason in REASONS else "client"
         self.message = message
         self.request_id = request_id
         self.retry_after = retry_after
+        # What identifies the error for "said once until it changes": the API's error code
+        # (InvalidAccessKeyId.NotFound, ...), never the text (it holds a request id).
+        self.code = code
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Two errors with the same key are the same problem (logged once)."""
+        return (self.reason, self.code or self.message)
 
     def __str__(self) -> str:
         rid = f" (request id {self.request_id})" if self.request_id else ""
@@ -58,8 +71,9 @@ class FileSource:
 
     kind = "file"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, region: str = "") -> None:
         self.path = path
+        self.region = region  # a snapshot for another region is refused ("" = any)
         self._seen: tuple[int, int, int] | None = None
         self._bad: SourceError | None = None  # the error of the file as last read
 
@@ -74,7 +88,9 @@ class FileSource:
         sig = self._signature()
         if sig is None:
             self._seen = None
-            raise SourceError("invalid", f"{self.path} does not exist or cannot be read")
+            raise SourceError(
+                "invalid", f"{self.path} does not exist or cannot be read", code="missing"
+            )
         if sig == self._seen:
             if self._bad is not None:
                 raise self._bad  # still the same bad file: still failing, not re-read
@@ -83,7 +99,15 @@ class FileSource:
         try:
             snap = read(self.path, origin="file")
         except SnapshotError as err:
-            self._bad = SourceError("invalid", f"{self.path}: {err}")
+            self._bad = SourceError("invalid", f"{self.path}: {err}", code="snapshot")
             raise self._bad from err
+        if self.region and snap.region != self.region:
+            self._bad = SourceError(
+                "invalid",
+                f"{self.path}: the snapshot is for region {snap.region!r}, "
+                f"this config is for {self.region!r}; not used",
+                code="region",
+            )
+            raise self._bad
         self._bad = None
         return SourceResult(snap.services, generated_at=snap.generated_at)
