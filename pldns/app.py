@@ -18,6 +18,8 @@ from pldns.config.resolvconf import upstream_addresses
 from pldns.config.sync import SOURCE_FILE, SOURCE_PRIVATELINK
 from pldns.dns.acl import Acl
 from pldns.dns.answer import Resolver
+from pldns.dns.cache import PacketCache
+from pldns.dns.cacheflow import CacheFlow
 from pldns.dns.forwarder import Forwarder
 from pldns.dns.leak import LeakDetector
 from pldns.dns.listeners import Listener, TcpConnection
@@ -92,6 +94,7 @@ class App:
         self.sync_state = SyncState()
         self.upstreams = upstream_addresses(config) if upstreams is None else upstreams
         self.resolver = Resolver(RecordTable(), config.answers.when_unknown, self.stats)
+        self.cache = PacketCache(config.cache)
         self.syncer = self._new_syncer(config, None)
         self.leaks = LeakDetector(config.leaks) if config.leaks.enabled else None
         self.forwarder = Forwarder(self.upstreams, config.forward, self.stats)
@@ -106,6 +109,7 @@ class App:
             querylog=QueryLog(config.log.queries) if config.log.queries > 0 else None,
             tcp=config.tcp,
         )
+        self._set_cache(config)
         self.listeners: list[Listener] = []
         self.connections: set[TcpConnection] = set()
         self.stopping = asyncio.Event()
@@ -140,8 +144,30 @@ class App:
         return syncer
 
     def swap_table(self, table: RecordTable) -> None:
-        """Replace the owned-name table whole; queries in progress keep the one they read."""
+        """Replace the owned-name table whole; queries in progress keep the one they read.
+
+        Names that became owned lose their cache entries (they are answered locally now).
+        """
+        old = self.resolver.table.names
         self.resolver.table = table
+        added = [name for name in table.names if name not in old]
+        if added and self.cache.drop_names(frozenset(added)):
+            log.info("dropped cached answers for %d newly owned name(s)", len(added))
+
+    def _set_cache(self, config: Config) -> None:
+        """Turn the cache hook on or off; a disabled cache is emptied (memory back)."""
+        self.cache.configure(config.cache)
+        if not config.cache.enabled:
+            self.cache.flush()
+            self.frontend.cache = None
+        elif self.frontend.cache is None:
+            self.frontend.cache = CacheFlow(self.frontend, self.cache)
+
+    def flush_cache(self) -> int:
+        """Drop every cached answer (POST /cache/flush); how many there were."""
+        count = self.cache.flush()
+        log.info("cache flushed: %d entries dropped", count)
+        return count
 
     # -- running ---------------------------------------------------------------------------
 
@@ -247,6 +273,8 @@ class App:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
+        if self.frontend.cache is not None:
+            self.frontend.cache.close()
         self.forwarder.close()
 
     # -- reconfiguring ---------------------------------------------------------------------
@@ -291,6 +319,8 @@ class App:
             self.leaks = LeakDetector(new.leaks) if new.leaks.enabled else None
             fe.leaks = self.leaks
         self.resolver.when_unknown = new.answers.when_unknown
+        if new.cache != old.cache:
+            self._set_cache(new)
         self.config = new
         if _sync_inputs(new) != _sync_inputs(old):
             if self.sync_task is not None:

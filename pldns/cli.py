@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--url", help="HTTP endpoint, default from --config or 127.0.0.1:9153")
     status.add_argument("--config", "-c", help="take the HTTP address from this config")
     status.add_argument("--json", action="store_true", help="print the raw /status JSON")
+    cache = sub.add_parser("cache", help="act on a running pldns's packet cache")
+    cache.add_argument("action", choices=["flush"], help="flush: drop every cached answer")
+    cache.add_argument("--url", help="HTTP endpoint, default from --config or 127.0.0.1:9153")
+    cache.add_argument("--config", "-c", help="take the HTTP address from this config")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -70,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cloud(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "cache":
+        return _cache(args)
     return _serve(args.config, args.log_level)
 
 
@@ -94,21 +100,52 @@ def _cloud(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from pldns.status import status_command
 
+    url = _ops_url(args)
+    if url is None:
+        return EXIT_CONFIG
+    return status_command(url, args.json)
+
+
+def _cache(args: argparse.Namespace) -> int:
+    """`pldns cache flush`: POST /cache/flush; 0 done, 2 endpoint not reachable or refused."""
+    import json
+    import urllib.request
+
+    url = _ops_url(args)
+    if url is None:
+        return EXIT_CONFIG
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    request = urllib.request.Request(f"{url}/cache/{args.action}", data=b"", method="POST")
+    try:
+        with opener.open(request, timeout=5.0) as resp:
+            doc = json.loads(resp.read(65536))
+    except (OSError, ValueError) as err:
+        print(
+            f"pldns cache {args.action}: {url}: {getattr(err, 'reason', None) or err}",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"cache flushed: {doc.get('flushed', 0)} entries dropped")
+    return 0
+
+
+def _ops_url(args: argparse.Namespace) -> str | None:
+    """The ops HTTP endpoint from --url, --config's http.listen, or the default."""
     url = args.url
     if not url and args.config:
         config = _load(args.config, upstreams=False)
         if config is None:
-            return EXIT_CONFIG
+            return None
         if config.http.listen is None:
-            print("pldns: http.listen is off in that config: no status endpoint", file=sys.stderr)
-            return EXIT_CONFIG
+            print("pldns: http.listen is off in that config: no ops endpoint", file=sys.stderr)
+            return None
         host, port = config.http.listen
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     url = url or "http://127.0.0.1:9153"
     if not url.startswith("http"):
         url = "http://" + url
-    return status_command(url.rstrip("/"), args.json)
+    return url.rstrip("/")
 
 
 def _setup_logging(level: str) -> None:

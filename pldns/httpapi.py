@@ -1,6 +1,7 @@
-"""The HTTP endpoint: /metrics, /healthz, /readyz, /status. A small HTTP/1.1 server on asyncio.
+"""The HTTP endpoint: /metrics, /healthz, /readyz, /status, POST /cache/flush. A small HTTP/1.1
+server on asyncio.
 
-GET only, one request per connection, bounded request size and read time: it serves probes
+GET for reading, POST for the few actions (a request body is ignored), one request per connection, bounded request size and read time: it serves probes
 and scrapes, not browsers. Routes are callables returning (status, content type, body).
 """
 
@@ -20,8 +21,11 @@ REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service
 
 
 class HttpApi:
-    def __init__(self, routes: Mapping[str, Route]) -> None:
+    def __init__(
+        self, routes: Mapping[str, Route], actions: Mapping[str, Route] | None = None
+    ) -> None:
         self.routes = dict(routes)
+        self.actions = dict(actions or {})  # POST only
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -42,11 +46,18 @@ class HttpApi:
                 return
             method, target = parts[0], parts[1].split("?", 1)[0]
             route = self.routes.get(target)
-            if route is None:
+            action = self.actions.get(target)
+            if route is None and action is None:
                 status, ctype, body = 404, "text/plain", b"not found\n"
+            elif action is not None:
+                if method == "POST":
+                    status, ctype, body = action()
+                else:
+                    status, ctype, body = 405, "text/plain", b"POST only\n"
             elif method not in ("GET", "HEAD"):
                 status, ctype, body = 405, "text/plain", b"GET only\n"
             else:
+                assert route is not None
                 status, ctype, body = route()
             header = (
                 f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"

@@ -28,7 +28,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 import pldns
-from pldns.dns.answer import SOURCE_LOCAL, SOURCE_OWNED, SOURCE_UPSTREAM
+from pldns.dns.answer import SOURCE_CACHE, SOURCE_LOCAL, SOURCE_OWNED, SOURCE_UPSTREAM
+from pldns.dns.cache import KINDS as CACHE_KINDS
 from pldns.dns.stats import Histogram
 from pldns.sync.source import REASONS as SYNC_FAILURE_REASONS
 
@@ -46,7 +47,7 @@ INFO = "info"
 
 # Label values that are always exported (as 0 until they happen), so alerts and rate()
 # work from the first scrape.
-SOURCES = (SOURCE_OWNED, SOURCE_UPSTREAM, SOURCE_LOCAL)
+SOURCES = (SOURCE_OWNED, SOURCE_UPSTREAM, SOURCE_CACHE, SOURCE_LOCAL)
 FORWARD_FAILURE_REASONS = ("timeout", "error", "servfail", "refused")
 DROP_REASONS = ("runt", "response", "acl")
 RELOAD_RESULTS = ("success", "failure")
@@ -97,6 +98,35 @@ METRICS: dict[str, tuple[str, str]] = {
     "pldns_forward_healthy": (
         GAUGE,
         "1 if the upstream is in rotation, 0 while it is backed off after repeated failures.",
+    ),
+    "pldns_cache_entries": (
+        GAUGE,
+        "Replies in the packet cache, by kind (success, denial: NXDOMAIN/NODATA, servfail).",
+    ),
+    "pldns_cache_hits_total": (
+        COUNTER,
+        "Queries answered from a fresh cache entry, by kind.",
+    ),
+    "pldns_cache_misses_total": (
+        COUNTER,
+        "Cacheable queries with no fresh entry (forwarded, coalesced or answered stale).",
+    ),
+    "pldns_cache_stale_total": (
+        COUNTER,
+        "Queries answered from an expired entry because the upstreams failed or were slow "
+        "(RFC 8767), by kind.",
+    ),
+    "pldns_cache_prefetches_total": (
+        COUNTER,
+        "Popular entries refreshed in the background before they expired, by kind.",
+    ),
+    "pldns_cache_evictions_total": (
+        COUNTER,
+        "Entries dropped to stay within cache.size (least recently used first), by kind.",
+    ),
+    "pldns_cache_coalesced_total": (
+        COUNTER,
+        "Queries that waited for an identical query already in flight upstream.",
     ),
     "pldns_sync_attempts_total": (COUNTER, "Sync rounds started."),
     "pldns_sync_failures_total": (
@@ -200,6 +230,7 @@ class AppCollector(Collector):
         for family in (
             *self._dns(),
             *self._forward(),
+            *self._cache(),
             *self._sync(),
             *self._table(),
             *self._process(),
@@ -250,6 +281,26 @@ class AppCollector(Collector):
             duration.add_metric([name], _cumulative(st.duration), st.duration.total)
             healthy.add_metric([name], 1 if st.healthy else 0)
         yield from (requests, failures, duration, healthy)
+
+    def _cache(self) -> Iterator[Metric]:
+        cache = self.app.cache
+        for name, counts in (
+            ("pldns_cache_entries", cache.kinds),
+            ("pldns_cache_hits_total", cache.hits),
+            ("pldns_cache_stale_total", cache.stale),
+            ("pldns_cache_prefetches_total", cache.prefetches),
+            ("pldns_cache_evictions_total", cache.evictions),
+        ):
+            family: Metric = (
+                _gauge(name, labels=["kind"])
+                if METRICS[name][0] == GAUGE
+                else _counter(name, ["kind"])
+            )
+            for kind in _ordered(counts, CACHE_KINDS):
+                family.add_metric([kind], counts.get(kind, 0))  # type: ignore[attr-defined]
+            yield family
+        yield _counter("pldns_cache_misses_total", value=cache.misses)
+        yield _counter("pldns_cache_coalesced_total", value=cache.coalesced)
 
     # -- sync and the table --------------------------------------------------------------
 

@@ -76,6 +76,26 @@ def build_status(app: App, now: float | None = None) -> dict[str, Any]:
         ],
         "leak_detection": leaks is not None,
         "leaks": leaks.snapshot() if leaks is not None else [],
+        "cache": _cache(app),
+    }
+
+
+def _cache(app: App) -> dict[str, Any]:
+    """The packet cache at a glance: size, limit, hit ratio (fresh hits / cacheable queries)."""
+    cache = app.cache
+    hits = sum(cache.hits.values())
+    lookups = hits + cache.misses
+    return {
+        "enabled": app.frontend.cache is not None,
+        "entries": len(cache),
+        "size": cache.settings.size,
+        "hits": hits,
+        "misses": cache.misses,
+        "hit_ratio": round(hits / lookups, 4) if lookups else 0.0,
+        "stale": sum(cache.stale.values()),
+        "prefetches": sum(cache.prefetches.values()),
+        "evictions": sum(cache.evictions.values()),
+        "coalesced": cache.coalesced,
     }
 
 
@@ -275,6 +295,19 @@ def _leak_lines(doc: Mapping[str, Any], now: float, paint: _Paint) -> list[str]:
     return lines
 
 
+def _cache_lines(cache: Mapping[str, Any] | None) -> list[str]:
+    if not cache:
+        return []
+    if not cache.get("enabled"):
+        return ["CACHE     off"]
+    return [
+        f"CACHE     {cache.get('entries', 0)}/{cache.get('size', 0)} entries, "
+        f"hit ratio {100 * float(cache.get('hit_ratio') or 0):.1f}% "
+        f"({cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses), "
+        f"{cache.get('stale', 0)} stale answers, {cache.get('evictions', 0)} evictions"
+    ]
+
+
 def render_status(doc: Mapping[str, Any], color: bool) -> str:
     """The status document as text: the verdict first, then what it rests on."""
     paint = _Paint(color)
@@ -300,6 +333,7 @@ def render_status(doc: Mapping[str, Any], color: bool) -> str:
     lines.append("")
     lines.extend(_sync_lines(doc.get("sync") or {}, now, paint))
     lines.extend(_upstream_lines(doc.get("upstreams") or [], paint))
+    lines.extend(_cache_lines(doc.get("cache")))
     lines.append("")
     lines.extend(_leak_lines(doc, now, paint))
     return "\n".join(lines) + "\n"

@@ -84,13 +84,26 @@ class Supervisor:
 
         return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics, "/status": status}
 
+    def actions(self) -> dict[str, Route]:
+        """POST routes: operations that change state."""
+        app = self.app
+
+        def cache_flush() -> tuple[int, str, bytes]:
+            flushed = app.flush_cache()
+            return 200, "application/json", json.dumps({"flushed": flushed}).encode() + b"\n"
+
+        return {"/cache/flush": cache_flush}
+
     async def start_http(self) -> None:
         listen = self.app.config.http.listen
         if listen is None:
             return
-        self.http = HttpApi(self.routes())
+        self.http = HttpApi(self.routes(), self.actions())
         await self.http.start(*listen)
-        log.info("HTTP endpoint on %s:%d (/metrics /healthz /readyz /status)", *listen)
+        log.info(
+            "HTTP endpoint on %s:%d (/metrics /healthz /readyz /status, POST /cache/flush)",
+            *listen,
+        )
 
     # -- reload ------------------------------------------------------------------------------
 

@@ -219,7 +219,7 @@ def test_error_reply_from_the_only_upstream_is_passed_on_quickly(pldns, fake_ups
 # --- impostors ------------------------------------------------------------------------
 def test_replies_with_wrong_id_or_question_are_ignored(pldns, upstream) -> None:
     upstream.answer(SPOOF, "192.0.2.7", impostors=True)
-    server = pldns(in_process=True)
+    server = pldns(in_process=True, cache={"enabled": False})  # every query goes upstream
     for _ in range(3):
         reply = clients.udp(server.addr, SPOOF)
         assert a_records(reply) == {"192.0.2.7"}

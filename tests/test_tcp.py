@@ -193,7 +193,11 @@ def test_frame_shorter_than_its_length_prefix_then_close(pldns) -> None:
 
 def test_max_pipelined_bounds_the_queries_in_progress_per_connection(pldns, upstream) -> None:
     upstream.answer(SLOW, "192.0.2.9", delay=0.4)
-    server = pldns(tcp={"max_pipelined": 2}, forward={"try_timeout": 2.0, "deadline": 3.0})
+    server = pldns(
+        tcp={"max_pipelined": 2},
+        forward={"try_timeout": 2.0, "deadline": 3.0},
+        cache={"enabled": False},  # coalescing would make the six queries one upstream query
+    )
     queries = [make_query(SLOW, "A", id=100 + i) for i in range(6)]
     with clients.tcp_connect(server.addr, timeout=5.0) as sock:
         sock.sendall(b"".join(frame(q.to_wire()) for q in queries))  # all in one segment

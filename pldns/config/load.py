@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from pldns.config.cache import parse_cache
 from pldns.config.dns import (
     DEFAULT_ALLOW,
     DEFAULT_LISTEN,
@@ -42,7 +43,7 @@ from pldns.config.sync import (
     parse_privatelink,
     parse_sync,
 )
-from pldns.dns.settings import Answers, Forward, HostPort, Leaks, Tcp
+from pldns.dns.settings import Answers, Cache, Forward, HostPort, Leaks, Tcp
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Config:
     log: Log = field(default_factory=Log)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     leaks: Leaks = field(default_factory=Leaks)
+    cache: Cache = field(default_factory=Cache)
     source: str = ""  # the file it was read from, for messages
 
 
@@ -123,6 +125,7 @@ def parse_config(data: Any, source: str = "") -> Config:
     log = parse_log(top.section("log"))
     lifecycle = parse_lifecycle(top.section("lifecycle"))
     leaks = parse_leaks(top.section("leaks"))
+    cache = parse_cache(top.section("cache"))
     top.close()
     if problems.items:
         raise ConfigError(problems.items)
@@ -142,6 +145,7 @@ def parse_config(data: Any, source: str = "") -> Config:
         log=log,
         lifecycle=lifecycle,
         leaks=leaks,
+        cache=cache,
         source=source,
     )
 

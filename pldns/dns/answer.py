@@ -35,6 +35,7 @@ WHEN_UNKNOWN_FORWARD = "forward"
 SOURCE_OWNED = "owned"
 SOURCE_UPSTREAM = "upstream"
 SOURCE_LOCAL = "local"  # an error we produced ourselves: FORMERR, REFUSED, SERVFAIL, ...
+SOURCE_CACHE = "cache"  # from the packet cache (fresh or stale)
 
 
 @dataclass(slots=True)

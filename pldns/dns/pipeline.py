@@ -1,4 +1,4 @@
-"""The query pipeline: ACL -> fast path -> answer -> limit -> forward -> leak -> log.
+"""The query pipeline: ACL -> fast path -> answer -> cache -> limit -> forward -> leak -> log.
 
 `Frontend.handle` is the one entry for a query from either transport: access control, the
 sans-IO resolver, the in-flight bound, forwarding, and the reply. No exception from one
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pldns.dns.acl import Acl
 from pldns.dns.answer import SOURCE_LOCAL, SOURCE_OWNED, SOURCE_UPSTREAM, Local, Resolver
@@ -20,6 +21,9 @@ from pldns.dns.rcode import REFUSED, SERVFAIL, DnsError, Drop, rcode_name
 from pldns.dns.settings import Tcp
 from pldns.dns.stats import Stats, qtype_label
 from pldns.dns.wire import TCP_MAX, Query, build_error, decode_name, scan_query, truncate, udp_limit
+
+if TYPE_CHECKING:
+    from pldns.dns.cacheflow import CacheFlow
 
 log = logging.getLogger("pldns.server")
 
@@ -64,6 +68,7 @@ class Frontend:
         self.querylog = querylog
         self.tcp = tcp or Tcp()  # read when a connection opens, so a reload applies to new ones
         self.accepting = True  # False once shutdown starts: new queries are ignored
+        self.cache: CacheFlow | None = None  # the packet cache hook (cache.enabled)
 
     def handle(self, data: bytes, host: str, proto: str, send: Send) -> bool:
         """Reply through `send` now or later; False when the packet gets no reply at all."""
@@ -85,6 +90,8 @@ class Frontend:
             self._reply(ex, result.reply, result.source)
             return True
         q: Query = result  # type: ignore[assignment]
+        if self.cache is not None and self.cache.handle(ex, q):
+            return True  # answered from the cache, or waiting on an identical query upstream
         if self.stats.inflight >= self.max_inflight:
             self.stats.rejected_inflight += 1
             self._reply(ex, build_error(data, REFUSED, q.qend, q.opt), SOURCE_LOCAL)

@@ -61,3 +61,30 @@ class Leaks:
     suffixes: tuple[str, ...] = DEFAULT_LEAK_SUFFIXES
     ranges: tuple[str, ...] = DEFAULT_LEAK_RANGES
     interval: float = DEFAULT_LEAK_INTERVAL  # log a leaking name at most once per interval
+
+
+# The cache (`cache:`). Defaults follow CoreDNS's cache plugin where it has one (success TTL
+# cap 3600, denial cap 1800, SERVFAIL 5 s) and RFC 8767 for serve-stale (30 s TTL on stale
+# answers, a 1.8 s client-response timer, stale data kept up to 1 day past expiry).
+DEFAULT_CACHE_SIZE = 100_000
+DEFAULT_CACHE_MAX_TTL = 3600
+DEFAULT_CACHE_MAX_NEGATIVE_TTL = 1800
+DEFAULT_CACHE_SERVFAIL_TTL = 5
+DEFAULT_CACHE_STALE_WINDOW = 86400
+DEFAULT_CACHE_STALE_TTL = 30
+DEFAULT_CACHE_CLIENT_TIMEOUT = 1.8
+DEFAULT_CACHE_PREFETCH = 10
+
+
+@dataclass(frozen=True)
+class Cache:
+    enabled: bool = True
+    size: int = DEFAULT_CACHE_SIZE  # entries; the least recently used goes first
+    min_ttl: int = 0  # seconds: a shorter lifetime is raised to this (TTL 0 is never cached)
+    max_ttl: int = DEFAULT_CACHE_MAX_TTL  # cap for answers
+    max_negative_ttl: int = DEFAULT_CACHE_MAX_NEGATIVE_TTL  # cap for NXDOMAIN / NODATA
+    servfail_ttl: int = DEFAULT_CACHE_SERVFAIL_TTL  # seconds a SERVFAIL is kept (0 = never)
+    stale_window: int = DEFAULT_CACHE_STALE_WINDOW  # seconds past expiry stale data may serve
+    stale_ttl: int = DEFAULT_CACHE_STALE_TTL  # TTL of a stale answer (RFC 8767 §4)
+    client_timeout: float = DEFAULT_CACHE_CLIENT_TIMEOUT  # then answer stale (RFC 8767 §5)
+    prefetch: int = DEFAULT_CACHE_PREFETCH  # hits before an entry is refreshed early; 0 = off
