@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pldns import __version__
+from pldns.dns.backoff import capped_backoff
 
 log = logging.getLogger("pldns.kube")
 
@@ -324,7 +325,7 @@ class ConfigMapSink:
                 if status != 409:
                     raise api_error(status, reply, f"update {what}")
             log.info("%s changed under us (409 Conflict), re-reading (attempt %d)", what, attempt)
-            await asyncio.sleep(0.05 * attempt * (1 + random.random()))
+            await asyncio.sleep(capped_backoff(attempt, 0.05, 1.0) * (1 + random.random()))
         raise KubeError(
             409, "Conflict", f"update {what}: still conflicting after {self.retries} tries"
         )
