@@ -99,35 +99,13 @@ METRICS: dict[str, tuple[str, str]] = {
         GAUGE,
         "1 if the upstream is in rotation, 0 while it is backed off after repeated failures.",
     ),
-    "pldns_cache_entries": (
-        GAUGE,
-        "Replies in the packet cache, by kind (success, denial: NXDOMAIN/NODATA, servfail).",
-    ),
-    "pldns_cache_hits_total": (
-        COUNTER,
-        "Queries answered from a fresh cache entry, by kind.",
-    ),
-    "pldns_cache_misses_total": (
-        COUNTER,
-        "Cacheable queries with no fresh entry (forwarded, coalesced or answered stale).",
-    ),
-    "pldns_cache_stale_total": (
-        COUNTER,
-        "Queries answered from an expired entry because the upstreams failed or were slow "
-        "(RFC 8767), by kind.",
-    ),
-    "pldns_cache_prefetches_total": (
-        COUNTER,
-        "Popular entries refreshed in the background before they expired, by kind.",
-    ),
-    "pldns_cache_evictions_total": (
-        COUNTER,
-        "Entries dropped to stay within cache.size (least recently used first), by kind.",
-    ),
-    "pldns_cache_coalesced_total": (
-        COUNTER,
-        "Queries that waited for an identical query already in flight upstream.",
-    ),
+    "pldns_cache_entries": (GAUGE, "Replies in the packet cache, by kind."),
+    "pldns_cache_hits_total": (COUNTER, "Queries answered from a fresh cache entry, by kind."),
+    "pldns_cache_misses_total": (COUNTER, "Cacheable queries with no fresh cache entry."),
+    "pldns_cache_stale_total": (COUNTER, "Queries answered from an expired entry (RFC 8767)."),
+    "pldns_cache_prefetches_total": (COUNTER, "Entries refreshed before they expired, by kind."),
+    "pldns_cache_evictions_total": (COUNTER, "Entries dropped to stay within cache.size."),
+    "pldns_cache_coalesced_total": (COUNTER, "Queries that waited for an identical one upstream."),
     "pldns_sync_attempts_total": (COUNTER, "Sync rounds started."),
     "pldns_sync_failures_total": (
         COUNTER,
@@ -291,11 +269,8 @@ class AppCollector(Collector):
             ("pldns_cache_prefetches_total", cache.prefetches),
             ("pldns_cache_evictions_total", cache.evictions),
         ):
-            family: Metric = (
-                _gauge(name, labels=["kind"])
-                if METRICS[name][0] == GAUGE
-                else _counter(name, ["kind"])
-            )
+            gauge = METRICS[name][0] == GAUGE
+            family: Metric = _gauge(name, labels=["kind"]) if gauge else _counter(name, ["kind"])
             for kind in _ordered(counts, CACHE_KINDS):
                 family.add_metric([kind], counts.get(kind, 0))  # type: ignore[attr-defined]
             yield family
