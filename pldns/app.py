@@ -101,7 +101,7 @@ class App:
         self.frontend = Frontend(
             self.resolver,
             self.forwarder,
-            Acl(config.allow),
+            Acl(config.allow, (a.host for a in config.listen)),
             config.deny,
             self.stats,
             config.forward.max_inflight,
@@ -311,8 +311,8 @@ class App:
             # Queries already sent on the old sockets finish within their deadline.
             asyncio.get_running_loop().call_later(old.forward.deadline + 1, retired.close)
         fe = self.frontend
-        if new.allow != old.allow:
-            fe.acl = Acl(new.allow)
+        if new.allow != old.allow or new.listen != old.listen:
+            fe.acl = Acl(new.allow, (a.host for a in new.listen))
         fe.deny, fe.max_inflight, fe.tcp = new.deny, new.forward.max_inflight, new.tcp
         fe.querylog = QueryLog(new.log.queries) if new.log.queries > 0 else None
         if new.leaks != old.leaks:

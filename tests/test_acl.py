@@ -79,3 +79,20 @@ def test_cache_is_bounded(monkeypatch):
         acl.allowed(f"10.0.{i >> 8}.{i & 255}")
         assert len(acl._cache) <= 100
     assert acl.allowed("10.0.0.1") and not acl.allowed("11.0.0.1")
+
+
+def test_own_listen_addresses_are_always_allowed() -> None:
+    acl = Acl(["10.0.0.0/8"], local=["169.254.20.53", "0.0.0.0", "::", "fd00::53"])
+    assert acl.allowed("169.254.20.53")
+    assert acl.allowed("::ffff:169.254.20.53")
+    assert acl.allowed("fd00::53")
+    assert acl.allowed("10.1.2.3")
+    assert not acl.allowed("169.254.20.54")
+    assert not acl.allowed("127.0.0.1")  # a wildcard listen allows no source by itself
+    assert not acl.allowed("8.8.8.8")
+
+
+def test_default_allow_has_link_local_both_ways() -> None:
+    acl = Acl(DEFAULT_ALLOW)
+    assert acl.allowed("169.254.20.10") and acl.allowed("fe80::1")
+    assert not acl.allowed("192.0.2.1")
