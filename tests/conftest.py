@@ -7,6 +7,7 @@ stopped at teardown with bounded waits. See tests/fakes/ for the classes behind 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from tests.fakes.upstream import FakeUpstream
 # credentials chain: tests run on loopback only. (Nothing above imports the SDK, which reads
 # these variables when it is imported.)
 os.environ.setdefault("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
+# Tools installed next to the interpreter (a venv's bin/: pldns, hadolint, ruff) are found even
+# when the venv is not activated (`.venv/bin/python -m pytest`).
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 # Nor through a proxy: the SDK and urllib honour these, and loopback traffic must stay there.
 for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
     os.environ.pop(_var, None)

@@ -1,4 +1,4 @@
-"""What ships: the wheel in a clean virtualenv, the Dockerfile, the Kubernetes manifests (every
+"""What ships: the Dockerfile, the Kubernetes manifests (every
 file referenced by a kustomization, rendered with kubectl kustomize where it exists, validated
 against the Kubernetes schemas, strict), the configs they mount (`pldns check`, and they agree
 with the manifests), the systemd unit (`systemd-analyze verify`) and its sd_notify protocol.
@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-import venv
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,62 +46,7 @@ def rel(path: Path) -> str:
     return str(path.relative_to(REPO))
 
 
-# -- the wheel, in a clean virtualenv ---------------------------------------------------------
-
-
-def test_wheel_installs_and_runs_in_a_clean_venv(tmp_path: Path) -> None:
-    """What the Dockerfile does, in a venv: wheels of pldns and every dependency from a copy of
-    what the image build copies (`pip wheel --wheel-dir`), then an install from those wheels
-    alone (`--no-index`) into a new venv; then the installed `pldns` runs: version, check of
-    every shipped config, and the imports `pldns sync` needs (the cloud SDK is a dependency)."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    shutil.copytree(REPO / "pldns", src / "pldns", ignore=shutil.ignore_patterns("__pycache__"))
-    wheels = tmp_path / "wheels"
-    quiet = ["--quiet", "--disable-pip-version-check"]
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", *quiet, "--wheel-dir", str(wheels), str(src)],
-        check=True,
-        timeout=300,
-    )
-    built = sorted(wheels.glob("*.whl"))
-    assert [w.name for w in built if w.name.startswith("pldns-")], built
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True, clear=True)
-    bin_dir = env_dir / "bin"
-    # without PYTHONPATH: a source tree on it (with a pldns.egg-info from an editable install)
-    # would make pip think pldns is already installed
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    subprocess.run(
-        [bin_dir / "pip", "install", *quiet, "--no-cache-dir", "--no-index",
-         f"--find-links={wheels}", *map(str, built)],
-        check=True,
-        timeout=300,
-        env=env,
-    )  # fmt: skip
-    cwd = tmp_path  # not the repo: the installed package, not the source tree, must be used
-    version = subprocess.run(
-        [bin_dir / "pldns", "version"], capture_output=True, text=True, env=env, cwd=cwd, check=True
-    )
-    assert re.fullmatch(r"pldns \d+\.\d+\.\d+\S*\n", version.stdout)
-    for config in CONFIGS:
-        done = subprocess.run(
-            [bin_dir / "pldns", "check", "--config", str(config)],
-            capture_output=True, text=True, env=env, cwd=cwd, timeout=60,
-        )  # fmt: skip
-        assert done.returncode == 0, f"{rel(config)}:\n{done.stdout}{done.stderr}"
-    code = (
-        "import pldns, pldns.sync.kube, pldns.sync.lease, pldns.sync.privatelink, pldns.synccli;"
-        "import alibabacloud_privatelink20200415.client, alibabacloud_credentials.client;"
-        "print(pldns.__file__)"
-    )
-    where = subprocess.run(
-        [bin_dir / "python", "-c", code], capture_output=True, text=True, env=env, cwd=cwd
-    )
-    assert where.returncode == 0, where.stderr
-    assert where.stdout.startswith(str(env_dir)), where.stdout
+# (the wheel in a clean virtualenv: tests/test_install.py)
 
 
 # -- the configs shipped under deploy/ --------------------------------------------------------

@@ -78,3 +78,23 @@ def test_first_command_uses_the_demo_config() -> None:
     demo = load_config(ROOT / "config/pldns.yaml")
     assert [str(a) for a in demo.listen] == ["127.0.0.1:1053"]
     assert "dig @127.0.0.1 -p 1053 eci-vpc.cn-hangzhou.aliyuncs.com" in head
+
+
+def _top_commands() -> list[str]:
+    """The indented command lines before the first section: the install/run and test commands."""
+    head = README.split("## ", 1)[0]
+    return [line[4:] for line in head.splitlines() if line.startswith("    ") and line.strip()]
+
+
+def test_the_two_top_commands_use_the_project_venv() -> None:
+    first, test = _top_commands()
+    # Never pip into the interpreter itself: a distribution's Python refuses it (PEP 668).
+    assert first.startswith("scripts/venv.sh && .venv/bin/pldns serve"), first
+    assert ".venv/bin/python -m pytest" in test and "scripts/install-test-deps.sh" in test, test
+    assert "python3 -m pip" not in first + test
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    _, test = _top_commands()
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test in lines, f".ci/run does not run the README's test command {test!r}"
