@@ -181,7 +181,9 @@ def test_edns_version_1_is_badvers(pldns, upstream, name) -> None:
 # --- access control -------------------------------------------------------------------
 def test_client_outside_allow_is_refused(pldns, upstream) -> None:
     upstream.answer(FORWARDED, "192.0.2.1")
-    server = pldns(allow=["10.0.0.0/8"])
+    # On 127.0.0.2: the client's source is 127.0.0.1 (the loopback route's source), not one
+    # of pldns's listen addresses (those are always allowed: tests/test_node_local.py).
+    server = pldns(allow=["10.0.0.0/8"], host="127.0.0.2")
     for name in (OWNED, FORWARDED):
         for send in (clients.udp, clients.tcp):
             reply = send(server.addr, name, "A")
@@ -192,7 +194,7 @@ def test_client_outside_allow_is_refused(pldns, upstream) -> None:
 
 def test_client_outside_allow_with_deny_drop_gets_nothing(pldns, upstream) -> None:
     upstream.answer(FORWARDED, "192.0.2.1")
-    server = pldns(allow=["10.0.0.0/8"], deny="drop")
+    server = pldns(allow=["10.0.0.0/8"], deny="drop", host="127.0.0.2")
     for name in (OWNED, FORWARDED):
         with pytest.raises(dns.exception.Timeout):
             clients.udp(server.addr, name, "A", timeout=0.5)
