@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--kube-token-file", metavar="PATH", help="bearer token file (default: SA)")
     discover = sub.add_parser("discover", help="list the VPC's endpoints and cloud zones")
     discover.add_argument("--config", "-c", required=True, help="YAML config file")
+    discover.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
     status = sub.add_parser("status", help="show a running pldns's state (exit 1 if not ready)")
     status.add_argument("--url", help="HTTP endpoint, default from --config or 127.0.0.1:9153")
     status.add_argument("--config", "-c", help="take the HTTP address from this config")

@@ -630,4 +630,7 @@ def test_classify_messages_carry_no_secret() -> None:
         request_id="R4",
     )
     got = classify(err)
-    assert str(got) == "auth: SignatureDoesNotMatch (HTTP 400) (request id R4)"
+    assert str(got) == (
+        "auth: SignatureDoesNotMatch (HTTP 400) (request id R4): the AccessKey secret does not "
+        "match its ID: check ALIBABA_CLOUD_ACCESS_KEY_SECRET or the credentials file"
+    )

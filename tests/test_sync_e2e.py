@@ -727,3 +727,40 @@ def test_discover_lists_endpoints_feeds_and_cloud_zones(run: Pldns, emu: OpenApi
     assert f"    {ECI_NAME}  60  A  10.0.0.1" in out
     assert f"    {VPC_NAME}  60  A  10.0.1.1" in out
     assert "zone-cp2" not in out
+
+
+def test_discover_fails_when_its_privatezone_part_fails(run: Pldns, emu: OpenApiEmulator) -> None:
+    """Half an answer is a failure: the endpoints are printed, the PrivateZone error is one line
+    on stderr that ends with what to do, and the exit status is 1."""
+    emu.inject("auth", count=5, action="DescribeZones")
+    path = run.write_config("discover-pvtz", config(emu))
+    rc, out, err = run.cli("discover", ["discover", "--config", str(path)])
+    assert rc == 1, out + err
+    assert "ep-eci" in out and "PrivateZone cloud-service zones" not in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("PrivateZone DescribeZones failed: auth: Forbidden.RAM (HTTP 403)")
+    assert lines[0].endswith("pvtz:DescribeZones and pvtz:DescribeZoneRecords for discover)")
+    run.check_no_tracebacks()
+
+
+@pytest.mark.parametrize("command", [["discover"], ["sync", "--once"]])
+def test_no_credentials_is_one_line_with_what_to_do(
+    run: Pldns, emu: OpenApiEmulator, command: list[str]
+) -> None:
+    """The real SDK and its credentials chain, an empty environment (metadata off, as tests
+    must never reach 100.100.100.200): one line per error, none cut mid-word, no traceback,
+    and it ends with what to do."""
+    path = run.write_config("nocreds", config(emu, sync={"snapshot": ""}))
+    rc, out, err = run.cli("nocreds", [*command, "--config", str(path)], credentials=False)
+    assert rc == 1, out + err
+    assert "Traceback" not in err and "100.100.100.200" not in err
+    errors = [line for line in err.splitlines() if "no credentials found" in line]
+    assert errors and all(
+        line.rstrip().endswith("run on ECS/ACK with a RAM role") for line in errors
+    ), err
+    assert all(
+        "ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET" in line for line in errors
+    )
+    assert len(err.strip().splitlines()) <= 3, err  # sync: its start line, the error, the result
+    assert emu.count() == 0  # nothing was sent without credentials

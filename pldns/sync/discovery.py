@@ -28,7 +28,9 @@ def build_pvtz_client(config: Config) -> Any:
     return Client(sdk_config(pl, pl.region or config.region, pl.pvtz_endpoint or PVTZ_HOST))
 
 
-async def list_cloud_zones(client: Any, vpc_id: str, region: str) -> list[dict[str, Any]]:
+async def list_cloud_zones(
+    client: Any, vpc_id: str, region: str, host: str = PVTZ_HOST
+) -> list[dict[str, Any]]:
     """CLOUD_PRODUCT_ZONE zones bound to the VPC, each with its records (paged)."""
     from alibabacloud_pvtz20180101 import models
 
@@ -45,7 +47,7 @@ async def list_cloud_zones(client: Any, vpc_id: str, region: str) -> list[dict[s
         try:
             resp = await client.describe_zones_async(req)
         except Exception as err:
-            raise classify(err) from err
+            raise classify(err, host) from err
         body = resp.body
         batch = (body.zones.zone if body.zones else None) or []
         for z in batch:
@@ -62,7 +64,7 @@ async def list_cloud_zones(client: Any, vpc_id: str, region: str) -> list[dict[s
             try:
                 rresp = await client.describe_zone_records_async(rreq)
             except Exception as err:
-                raise classify(err) from err
+                raise classify(err, host) from err
             rbody = rresp.body
             records = (rbody.records.record if rbody.records else None) or []
             for r in records:
@@ -105,12 +107,16 @@ async def run_discover(
     print(f"PrivateLink endpoints in {vpc} ({source.region}):", file=out)
     headers = ("endpoint", "service name", "zone", "ip", "status", "feeds")
     print(format_table(headers, rows) if rows else "  none", file=out)
+    pvtz_host = config.privatelink.pvtz_endpoint or PVTZ_HOST
     try:
         client = pvtz or build_pvtz_client(config)
-        cloud_zones = await list_cloud_zones(client, config.privatelink.vpc_id, source.region)
+        cloud_zones = await list_cloud_zones(
+            client, config.privatelink.vpc_id, source.region, pvtz_host
+        )
     except SourceError as err:
-        print(f"\nPrivateZone DescribeZones failed: {err}", file=out)
-        return 0
+        # Half an answer is a failure: a script must not take it for the whole picture.
+        print(f"PrivateZone DescribeZones failed: {err}", file=sys.stderr)
+        return 1
     print(f"\nPrivateZone cloud-service zones bound to {vpc}:", file=out)
     if not cloud_zones:
         print("  none", file=out)

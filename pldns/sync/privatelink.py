@@ -8,6 +8,7 @@ A usable IP is an endpoint that is Active and Connected with a zone that is Conn
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from pldns.config.dns import Service
 from pldns.config.sync import Matcher, PrivateLink
 from pldns.dns.table import Addresses
+from pldns.sync.cloudenv import metadata_allowed
 from pldns.sync.source import SourceError, SourceResult
 
 log = logging.getLogger("pldns.privatelink")
@@ -72,8 +74,58 @@ class Endpoint:
         )
 
 
-def classify(err: BaseException) -> SourceError:
-    """Map an SDK or transport error to a SourceError with a bounded reason label."""
+NO_CREDENTIALS = "no credentials found"
+NO_CREDENTIALS_HINT = (
+    "set ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET, a credentials file "
+    "(privatelink.credentials.file), or run on ECS/ACK with a RAM role"
+)
+_TEXT_MAX = 240
+
+
+def one_line(text: str, limit: int = _TEXT_MAX) -> str:
+    """Whitespace collapsed to one line; past `limit`, cut at a word boundary with an ellipsis."""
+    flat = " ".join(str(text).split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[: limit + 1].rsplit(" ", 1)[0] if " " in flat[:limit] else flat[:limit]
+    return cut.rstrip(" ,;:") + " …"
+
+
+def _auth_hint(code: str) -> str:
+    if code.startswith("InvalidAccessKeyId"):
+        return "check the AccessKey ID (ALIBABA_CLOUD_ACCESS_KEY_ID or the credentials file)"
+    if code.startswith("SignatureDoesNotMatch") or code.startswith("IncompleteSignature"):
+        return (
+            "the AccessKey secret does not match its ID: check ALIBABA_CLOUD_ACCESS_KEY_SECRET "
+            "or the credentials file"
+        )
+    if code.startswith("InvalidSecurityToken"):
+        return "the STS token is invalid or expired: renew ALIBABA_CLOUD_SECURITY_TOKEN"
+    return (
+        "grant the RAM identity privatelink:ListVpcEndpoints and "
+        "privatelink:ListVpcEndpointZones (pvtz:DescribeZones and pvtz:DescribeZoneRecords "
+        "for discover)"
+    )
+
+
+def _credentials_problem(detail: str) -> tuple[str, str]:
+    """(what is wrong, what to do) when the credentials chain found nothing usable."""
+    if "providers in the chain" not in detail:  # a configured file or profile is wrong
+        return (
+            f"no usable credentials: {one_line(detail, 160)}",
+            "check privatelink.credentials.file and privatelink.credentials.profile",
+        )
+    if metadata_allowed()[0]:
+        return NO_CREDENTIALS, (
+            f"{NO_CREDENTIALS_HINT} (the ECS metadata service gave none; outside Alibaba Cloud "
+            "set ALIBABA_CLOUD_ECS_METADATA_DISABLED=true)"
+        )
+    return NO_CREDENTIALS, NO_CREDENTIALS_HINT
+
+
+def classify(err: BaseException, host: str = "") -> SourceError:
+    """Map an SDK or transport error to a SourceError with a bounded reason label, and a
+    one-line message that ends with what to do."""
     if isinstance(err, SourceError):
         return err
     code = str(getattr(err, "code", "") or "")
@@ -81,26 +133,55 @@ def classify(err: BaseException) -> SourceError:
     request_id = str(getattr(err, "request_id", "") or "")
     retry_after = getattr(err, "retry_after", None)
     name = type(err).__name__
+    where = host or "the API endpoint"
     if name == "ThrottlingException" or code in THROTTLING_CODES or status == 503:
         wait = float(retry_after) / 1000.0 if retry_after else None  # header is milliseconds
         return SourceError(
-            "throttled", f"{code or 'Throttling'} (HTTP {status})", request_id, wait, code=code
-        )
+            "throttled", f"{code or 'Throttling'} (HTTP {status})", request_id, wait, code=code,
+            hint="the API is busy or throttling: pldns retries with backoff; "
+            "raise sync.interval if this persists",
+        )  # fmt: skip
     if code.startswith(AUTH_CODE_PREFIXES) or status in (401, 403):
-        return SourceError("auth", f"{code} (HTTP {status})", request_id, code=code)
+        return SourceError(
+            "auth", f"{code} (HTTP {status})", request_id, code=code, hint=_auth_hint(code)
+        )
     if status is not None and int(status) >= 500:
-        return SourceError("server", f"{code} (HTTP {status})", request_id, code=code)
+        return SourceError(
+            "server", f"{code} (HTTP {status})", request_id, code=code,
+            hint="an Alibaba Cloud API error: pldns retries; if it persists, "
+            "contact support with the request id",
+        )  # fmt: skip
     if status is not None:
-        return SourceError("client", f"{code} (HTTP {status})", request_id, code=code)
+        return SourceError(
+            "client", f"{code} (HTTP {status})", request_id, code=code,
+            hint="check region, privatelink.region and privatelink.vpc_id",
+        )  # fmt: skip
     text = str(err)
     # No usable credentials (empty chain, unreadable credentials file): the SDK wraps the
     # credentials package's error in UnretryableException. It is not a network problem.
     inner = getattr(err, "inner_exception", None)
-    if "CredentialException" in (name, type(inner).__name__) or getattr(inner, "filename", None):
-        return SourceError("auth", f"no usable credentials: {text[:200]}", code="credentials")
+    filename = getattr(inner, "filename", None)
+    if (
+        "CredentialException" in (name, type(inner).__name__)
+        or filename
+        or re.search(r"access key (id|secret) is empty", text)
+    ):
+        detail = str(inner) if inner is not None else text
+        if filename:
+            detail = f"credentials file {filename}: {getattr(inner, 'strerror', '') or inner}"
+        problem, hint = _credentials_problem(detail)
+        return SourceError("auth", problem, code="credentials", hint=hint)
     if isinstance(err, TimeoutError) or "timeout" in (name + text).lower() or "timed out" in text:
-        return SourceError("timeout", f"{name}: {text[:200]}", code=name)
-    return SourceError("network", f"{name}: {text[:200]}", code=name)
+        return SourceError(
+            "timeout", f"{name}: {one_line(text)}", code=name,
+            hint=f"no answer from {where}: check the route to it (Express Connect), "
+            "privatelink.https_proxy, or raise privatelink.connect_timeout/read_timeout",
+        )  # fmt: skip
+    return SourceError(
+        "network", f"{name}: {one_line(text)}", code=name,
+        hint=f"cannot reach {where}: check that it resolves and is routed from here, "
+        "privatelink.endpoint and privatelink.https_proxy",
+    )  # fmt: skip
 
 
 class PrivateLinkSource:
@@ -140,7 +221,7 @@ class PrivateLinkSource:
             try:
                 resp = await call(request_for(token), self._runtime())
             except Exception as err:
-                raise classify(err) from err
+                raise classify(err, api_host(self.settings, self.region)) from err
             bodies.append(resp.body)
             token = resp.body.next_token
             if not token:
@@ -264,7 +345,9 @@ def _row(service: Service, ep: Endpoint, zone: Zone | None, status: str) -> dict
 
 
 def build_credential(settings: PrivateLink) -> Any:
-    """The configured credentials file/profile, else the SDK's default credentials chain."""
+    """The configured credentials file/profile, else the SDK's default credentials chain (which
+    asks the ECS metadata service only on Alibaba Cloud: see pldns.sync.cloudenv)."""
+    metadata_allowed()
     from alibabacloud_credentials.client import Client as CredentialClient
 
     creds = settings.credentials
@@ -303,12 +386,25 @@ def sdk_config(settings: PrivateLink, region: str, endpoint: str) -> Any:
 def quiet_sdk_logging() -> None:
     """darabonba-core adds its own DEBUG stderr handler at import, which with DEBUG=sdk in the
     environment prints whole requests (an STS token included). Route it through our handlers
-    (and their redaction) at WARNING instead."""
+    (and their redaction) at WARNING instead.
+
+    The credentials package adds its own stderr handler too, and logs every failed attempt of
+    its chain (the metadata service: a dozen tracebacks). Our error line says what failed and
+    what to do, so that logger is silent unless the log level is debug, and then it goes
+    through our handlers, tracebacks included."""
+    import alibabacloud_credentials.provider  # noqa: F401  (registers the 'credentials' logger)
+
     sdk_log = logging.getLogger("darabonba-core")
     for handler in list(sdk_log.handlers):
         sdk_log.removeHandler(handler)
     sdk_log.setLevel(logging.WARNING)
     sdk_log.propagate = True
+    cred_log = logging.getLogger("credentials")
+    for handler in list(cred_log.handlers):
+        cred_log.removeHandler(handler)
+    debug = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    cred_log.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
+    cred_log.propagate = True
 
 
 def build_client(settings: PrivateLink, region: str) -> Any:

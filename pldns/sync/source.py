@@ -26,6 +26,7 @@ class SourceError(Exception):
         request_id: str = "",
         retry_after: float | None = None,
         code: str = "",
+        hint: str = "",
     ) -> None:
         super().__init__(message)
         self.reason = reason if reason in REASONS else "client"
@@ -35,6 +36,8 @@ class SourceError(Exception):
         # What identifies the error for "said once until it changes": the API's error code
         # (InvalidAccessKeyId.NotFound, ...), never the text (it holds a request id).
         self.code = code
+        # What to do about it, said last (the user-facing sentence ends with it).
+        self.hint = hint
 
     @property
     def key(self) -> tuple[str, str]:
@@ -43,7 +46,8 @@ class SourceError(Exception):
 
     def __str__(self) -> str:
         rid = f" (request id {self.request_id})" if self.request_id else ""
-        return f"{self.reason}: {self.message}{rid}"
+        hint = f": {self.hint}" if self.hint else ""
+        return f"{self.reason}: {self.message}{rid}{hint}"
 
 
 @dataclass(frozen=True)
