@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
-PATH="$(dirname "$(command -v "$python")"):$PATH"
+PATH="$(cd "$(dirname "$(command -v "$python")")" && pwd):$PATH"
 
 export DEBIAN_FRONTEND=noninteractive
 updated=0
