@@ -75,7 +75,14 @@ def source_identity(config: Config) -> tuple[object, ...]:
 
 
 class App:
-    """One pldns process: listeners, resolver, forwarder, sync and their shared counters."""
+    """One pldns process: listeners, resolver, forwarder, sync and their shared counters.
+
+    With `workers` > 1 the parent is a `pldns.workers.PoolApp` (sync, HTTP, no listeners)
+    and each worker an App with `reuse_port` set and no sync of its own.
+    """
+
+    reuse_port = False  # SO_REUSEPORT on the listeners (a worker among several)
+    serves_dns = True  # False in the parent of workers: it binds no listener
 
     def __init__(
         self,
@@ -173,15 +180,7 @@ class App:
 
     async def start(self) -> None:
         await self._first_file_round()
-        await self.forwarder.open()
-        try:
-            for address in self.config.listen:
-                listener = Listener(address)
-                await listener.start(self.frontend, self.connections)
-                self.listeners.append(listener)
-        except OSError:
-            self.close()
-            raise
+        await self._start_serving()
         log.info(
             "serving on %s, forwarding to %s, %d owned names (%s)",
             ", ".join(str(a) for a in self.config.listen),
@@ -190,6 +189,24 @@ class App:
             self.sync_state.origin or "static",
         )
         self._start_sync()
+
+    async def _start_serving(self) -> None:
+        await self.forwarder.open()
+        try:
+            for address in self.config.listen:
+                listener = Listener(address, self.reuse_port)
+                await listener.start(self.frontend, self.connections)
+                self.listeners.append(listener)
+        except OSError:
+            self.close()
+            raise
+
+    def open_connections(self) -> int:
+        return len(self.connections)
+
+    def worker_counts(self) -> tuple[int, int]:
+        """DNS processes running, and how many times one was restarted (one process: 1, 0)."""
+        return 1, 0
 
     async def _first_file_round(self) -> None:
         if self.syncer.source is not None and self.syncer.source.kind == SOURCE_FILE:
@@ -286,12 +303,35 @@ class App:
         """
         old = self.config
         upstreams = upstream_addresses(new)  # ConfigError: keep the old config
+        if self.serves_dns:
+            await self._apply_listeners(new)
+        if upstreams != self.upstreams or new.forward != old.forward:
+            retired = self.forwarder
+            self.forwarder = Forwarder(upstreams, new.forward, self.stats)
+            if self.serves_dns:
+                await self.forwarder.open()
+            self.frontend.forwarder = self.forwarder
+            self.upstreams = upstreams
+            # Queries already sent on the old sockets finish within their deadline.
+            asyncio.get_running_loop().call_later(old.forward.deadline + 1, retired.close)
+        self._apply_rest(old, new)
+        if _sync_inputs(new) != _sync_inputs(old):
+            if self.sync_task is not None:
+                self.sync_task.cancel()
+                self.sync_task = None
+            self.syncer = self._new_syncer(new, self.syncer)
+            await self._first_file_round()
+            self._start_sync()
+        self.config_version = version or config_version(new)
+        self.config_loaded_at = time.time()
+
+    async def _apply_listeners(self, new: Config) -> None:
         kept = {lst.address: lst for lst in self.listeners if lst.address in new.listen}
         added: list[Listener] = []
         try:
             for address in new.listen:
                 if address not in kept:
-                    listener = Listener(address)
+                    listener = Listener(address, self.reuse_port)
                     await listener.start(self.frontend, self.connections)
                     added.append(listener)
         except OSError:
@@ -302,14 +342,10 @@ class App:
             if listener.address not in kept:
                 listener.close()
         self.listeners = [*kept.values(), *added]
-        if upstreams != self.upstreams or new.forward != old.forward:
-            retired = self.forwarder
-            self.forwarder = Forwarder(upstreams, new.forward, self.stats)
-            await self.forwarder.open()
-            self.frontend.forwarder = self.forwarder
-            self.upstreams = upstreams
-            # Queries already sent on the old sockets finish within their deadline.
-            asyncio.get_running_loop().call_later(old.forward.deadline + 1, retired.close)
+
+    def _apply_rest(self, old: Config, new: Config) -> None:
+        if new.workers != old.workers:
+            log.warning("workers: a new count takes effect at the next start")
         fe = self.frontend
         if new.allow != old.allow or new.listen != old.listen:
             fe.acl = Acl(new.allow, (a.host for a in new.listen))
@@ -322,12 +358,3 @@ class App:
         if new.cache != old.cache:
             self._set_cache(new)
         self.config = new
-        if _sync_inputs(new) != _sync_inputs(old):
-            if self.sync_task is not None:
-                self.sync_task.cancel()
-                self.sync_task = None
-            self.syncer = self._new_syncer(new, self.syncer)
-            await self._first_file_round()
-            self._start_sync()
-        self.config_version = version or config_version(new)
-        self.config_loaded_at = time.time()

@@ -212,7 +212,13 @@ async def _run(config: Config, path: str) -> int:
         raw = Path(path).read_bytes()
     except OSError:
         raw = None
+    from pldns.workers import PoolApp, PoolSupervisor, worker_count
+
+    count = worker_count(config.workers)
     try:
+        if count > 1:  # workers: N (see pldns/workers.py); 1 is the single process of old
+            pool = PoolApp(config, count, config_path=path, version=config_version(config, raw))
+            return await PoolSupervisor(pool).run()
         app = App(config, config_path=path, version=config_version(config, raw))
     except ConfigError as err:
         logging.getLogger("pldns").error("invalid config: %s", "; ".join(err.problems))

@@ -167,6 +167,11 @@ METRICS: dict[str, tuple[str, str]] = {
     ),
     "pldns_leaked_names": (GAUGE, "Distinct names seen leaking (up to the remembered limit)."),
     "pldns_ready": (GAUGE, "1 if /readyz reports ready, else 0."),
+    "pldns_workers": (GAUGE, "DNS worker processes running (1 without workers)."),
+    "pldns_worker_restarts_total": (
+        COUNTER,
+        "Worker processes that ended unexpectedly and were started again.",
+    ),
     "pldns_build_info": (INFO, "pldns version and Python version (value is always 1)."),
 }
 
@@ -243,7 +248,7 @@ class AppCollector(Collector):
         yield dropped
         yield _counter("pldns_tcp_connections_total", value=stats.tcp_connections)
         yield _counter("pldns_tcp_rejected_total", value=stats.tcp_rejected)
-        yield _gauge("pldns_tcp_open_connections", len(app.connections))
+        yield _gauge("pldns_tcp_open_connections", app.open_connections())
 
     def _forward(self) -> Iterator[Metric]:
         requests = _counter("pldns_forward_requests_total", ["upstream"])
@@ -309,6 +314,9 @@ class AppCollector(Collector):
         yield _gauge("pldns_leaked_names", len(leaks.names) if leaks is not None else 0)
         ready, _reason = app.ready()
         yield _gauge("pldns_ready", 1 if ready else 0)
+        running, restarts = app.worker_counts()
+        yield _gauge("pldns_workers", running)
+        yield _counter("pldns_worker_restarts_total", value=restarts)
         yield _build_info()
 
 

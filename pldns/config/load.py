@@ -64,7 +64,23 @@ class Config:
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     leaks: Leaks = field(default_factory=Leaks)
     cache: Cache = field(default_factory=Cache)
+    workers: int = 1  # DNS processes; 0 = auto (the CPUs this process may run on)
     source: str = ""  # the file it was read from, for messages
+
+
+MAX_WORKERS = 1024
+
+
+def parse_workers(value: Any, problems: Problems) -> int:
+    """`workers`: an integer from 1 to 1024, or "auto" (stored as 0, resolved at start)."""
+    if value == "auto":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        problems.add(
+            "workers", f'expected an integer from 1 to {MAX_WORKERS} or "auto", got {value!r}'
+        )
+        return 1
+    return value
 
 
 def load_config(path: str | Path) -> Config:
@@ -126,6 +142,7 @@ def parse_config(data: Any, source: str = "") -> Config:
     lifecycle = parse_lifecycle(top.section("lifecycle"))
     leaks = parse_leaks(top.section("leaks"))
     cache = parse_cache(top.section("cache"))
+    workers = parse_workers(top.raw("workers", 1), problems)
     top.close()
     if problems.items:
         raise ConfigError(problems.items)
@@ -146,6 +163,7 @@ def parse_config(data: Any, source: str = "") -> Config:
         lifecycle=lifecycle,
         leaks=leaks,
         cache=cache,
+        workers=workers,
         source=source,
     )
 

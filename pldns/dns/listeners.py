@@ -150,13 +150,20 @@ class TcpConnection(asyncio.Protocol):
         self.transport = None
 
 
-def bind_socket(address: HostPort, kind: int) -> socket.socket:
-    """A bound socket; IPv6 sockets are v6-only so [::] and 0.0.0.0 can both be listened on."""
+def bind_socket(address: HostPort, kind: int, reuse_port: bool = False) -> socket.socket:
+    """A bound socket; IPv6 sockets are v6-only so [::] and 0.0.0.0 can both be listened on.
+
+    `reuse_port` (workers > 1): SO_REUSEPORT, so every worker binds the same address and the
+    kernel spreads clients over them by a hash of the 4-tuple (one client's flow stays on one
+    worker). Linux lets only sockets of the same user join a group.
+    """
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     sock = socket.socket(family, kind)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         else:
@@ -173,16 +180,17 @@ def bind_socket(address: HostPort, kind: int) -> socket.socket:
 class Listener:
     """UDP and TCP on one address."""
 
-    def __init__(self, address: HostPort) -> None:
+    def __init__(self, address: HostPort, reuse_port: bool = False) -> None:
         self.address = address
+        self.reuse_port = reuse_port
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.Server | None = None
 
     async def start(self, frontend: Frontend, registry: set[TcpConnection]) -> None:
         loop = asyncio.get_running_loop()
-        udp_sock = bind_socket(self.address, socket.SOCK_DGRAM)
+        udp_sock = bind_socket(self.address, socket.SOCK_DGRAM, self.reuse_port)
         try:
-            tcp_sock = bind_socket(self.address, socket.SOCK_STREAM)
+            tcp_sock = bind_socket(self.address, socket.SOCK_STREAM, self.reuse_port)
         except BaseException:
             udp_sock.close()  # else the UDP port stays bound (a reload could not retry it)
             raise

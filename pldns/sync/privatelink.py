@@ -7,6 +7,8 @@ A usable IP is an endpoint that is Active and Connected with a zone that is Conn
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -279,7 +281,16 @@ class PrivateLinkSource:
             for z in body.zones or []
         ]
 
+    async def _warm(self) -> None:
+        """Import the SDK and build the client in a thread: ~0.5-1 s of imports that would
+        otherwise stall the event loop (and DNS) at the first round. A failure here is left
+        for list_endpoints to raise again and classify."""
+        if self._client is None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.client)
+
     async def fetch(self) -> SourceResult:
+        await self._warm()
         endpoints = await self.list_endpoints()
         zones: dict[str, list[Zone]] = {}
         failed: dict[str, SourceError] = {}
