@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 import pldns
 from pldns.dns.answer import SOURCE_CACHE, SOURCE_LOCAL, SOURCE_OWNED, SOURCE_UPSTREAM
 from pldns.dns.cache import KINDS as CACHE_KINDS
+from pldns.dns.cname import OUTCOMES as CNAME_OUTCOMES
 from pldns.dns.stats import Histogram
 from pldns.sync.source import REASONS as SYNC_FAILURE_REASONS
 
@@ -166,6 +167,12 @@ METRICS: dict[str, tuple[str, str]] = {
         "Forwarded answers for a watched suffix that pointed into a conflict range.",
     ),
     "pldns_leaked_names": (GAUGE, "Distinct names seen leaking (up to the remembered limit)."),
+    "pldns_cname_chains_total": (
+        COUNTER,
+        "Forwarded answers with a CNAME chain into an owned name, by outcome (rewritten: the "
+        "owned answer replaced the chain's end; signed: left alone), or a chain that loops or "
+        "runs past 16 links (loop: left alone).",
+    ),
     "pldns_ready": (GAUGE, "1 if /readyz reports ready, else 0."),
     "pldns_workers": (GAUGE, "DNS worker processes running (1 without workers)."),
     "pldns_worker_restarts_total": (
@@ -312,6 +319,10 @@ class AppCollector(Collector):
         leaks = app.leaks  # None when leak detection is off
         yield _counter("pldns_leaks_total", value=leaks.total if leaks is not None else 0)
         yield _gauge("pldns_leaked_names", len(leaks.names) if leaks is not None else 0)
+        chains = _counter("pldns_cname_chains_total", ["outcome"])
+        for outcome in _ordered(app.stats.chains, CNAME_OUTCOMES):
+            chains.add_metric([outcome], app.stats.chains.get(outcome, 0))
+        yield chains
         ready, _reason = app.ready()
         yield _gauge("pldns_ready", 1 if ready else 0)
         running, restarts = app.worker_counts()

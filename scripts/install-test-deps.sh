@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(bind9-dnsutils knot-dnsutils unbound dnsmasq-base iproute2 util-linux systemd
+packages=(bind9-dnsutils knot-dnsutils knot unbound dnsmasq-base iproute2 util-linux systemd
           python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do

@@ -39,7 +39,7 @@ from tests.fakes.proc import OWNED, OWNED_IPS, base_config, free_port
 UPSTREAM = HostPort("127.0.0.1", 5399)  # never contacted by the unit tests
 ALLOWED_LABELS = {
     "proto", "type", "rcode", "source", "upstream", "reason", "service", "family", "result",
-    "kind", "le", "version", "python",
+    "kind", "le", "version", "python", "outcome",
 }  # fmt: skip
 
 
@@ -110,6 +110,18 @@ def test_labels_are_bounded_names_only() -> None:
     for family in scrape(app).values():
         for sample in family.samples:
             assert set(sample.labels) <= ALLOWED_LABELS, (sample.name, sample.labels)
+
+
+def test_cname_chain_outcomes_exported_from_zero() -> None:
+    app = make_app()
+    family = scrape(app)["pldns_cname_chains_total"]
+    values = {s.labels["outcome"]: s.value for s in family.samples if s.name.endswith("_total")}
+    assert values == {"rewritten": 0, "signed": 0, "loop": 0}
+    app.stats.chains["rewritten"] += 3
+    app.stats.chains["signed"] += 1
+    family = scrape(app)["pldns_cname_chains_total"]
+    values = {s.labels["outcome"]: s.value for s in family.samples if s.name.endswith("_total")}
+    assert values == {"rewritten": 3, "signed": 1, "loop": 0}
 
 
 def test_content_type_and_registry_reused_per_app() -> None:

@@ -55,6 +55,10 @@ class Resolver:
         self.stats = stats
         self._turn = itertools.count()
 
+    def turn(self) -> int:
+        """The next rotation step (round robin over an owned name's address orders)."""
+        return next(self._turn)
+
     def fast(self, data: bytes, proto: str) -> bytes | None:
         """The reply to a plain lower-case A/AAAA query for an owned name, or None.
 

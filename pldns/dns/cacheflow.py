@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from pldns.dns.answer import SOURCE_CACHE, SOURCE_LOCAL, SOURCE_UPSTREAM
 from pldns.dns.cache import KIND_SERVFAIL, Entry, PacketCache, cache_key
+from pldns.dns.cname import CNAME_IN
 from pldns.dns.rcode import REFUSED, SERVFAIL, DnsError
 from pldns.dns.wire import HEADER_LEN, TCP_MAX, UDP_MIN, Query, build_error, truncate, udp_limit
 
@@ -182,6 +183,8 @@ class CacheFlow:
                 self._serve_entry(flight, entry)
                 return
         if reply is not None:
+            if reply.find(CNAME_IN, fq.qend) >= 0:  # a CNAME chain into an owned name? (cname.py)
+                reply = fe.chains.rewrite(fq, reply)
             if fe.leaks is not None and fe.leaks.watches(fq.qname):
                 fe.leaks.inspect(fq.qname, reply, fq.qend)
             if fq.qname not in fe.resolver.table.names:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from pldns.dns.acl import Acl
 from pldns.dns.answer import SOURCE_LOCAL, SOURCE_OWNED, SOURCE_UPSTREAM, Local, Resolver
+from pldns.dns.cname import CNAME_IN, ChainRewriter
 from pldns.dns.forwarder import Forwarder
 from pldns.dns.leak import LeakDetector
 from pldns.dns.querylog import QueryLog
@@ -67,6 +68,7 @@ class Frontend:
         self.leaks = leaks
         self.querylog = querylog
         self.tcp = tcp or Tcp()  # read when a connection opens, so a reload applies to new ones
+        self.chains = ChainRewriter(resolver, stats)
         self.accepting = True  # False once shutdown starts: new queries are ignored
         self.cache: CacheFlow | None = None  # the packet cache hook (cache.enabled)
 
@@ -125,6 +127,8 @@ class Frontend:
         if reply is None:
             self._reply(ex, build_error(data, SERVFAIL, q.qend, q.opt), SOURCE_LOCAL)
             return
+        if reply.find(CNAME_IN, q.qend) >= 0:  # a CNAME chain into an owned name? (cname.py)
+            reply = self.chains.rewrite(q, reply)
         if self.leaks is not None and self.leaks.watches(q.qname):
             self.leaks.inspect(q.qname, reply, q.qend)
         reply = data[:2] + reply[2:]

@@ -84,6 +84,7 @@ class Stats:
     tcp_connections: int = 0
     tcp_rejected: int = 0
     upstreams: dict[str, UpstreamStats] = field(default_factory=dict)
+    chains: Counter[str] = field(default_factory=Counter)  # CNAME chains into owned names
 
     def upstream(self, name: str) -> UpstreamStats:
         entry = self.upstreams.get(name)

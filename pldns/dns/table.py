@@ -66,9 +66,9 @@ class RecordTable:
         return self.names.get(qname)
 
 
-def _rr(rtype: int, ttl: int, rdata: bytes) -> bytes:
+def _rr(rtype: int, ttl: int, rdata: bytes, owner: bytes = _PTR_QNAME) -> bytes:
     return (
-        _PTR_QNAME
+        owner
         + rtype.to_bytes(2, "big")
         + _IN
         + ttl.to_bytes(4, "big")
@@ -84,23 +84,24 @@ def _rotations(rtype: int, ttl: int, packed: list[bytes]) -> tuple[bytes, ...]:
     return tuple(b"".join(records[i:] + records[:i]) for i in range(len(records)))
 
 
-def soa_record(ttl: int, serial: int) -> bytes:
+def soa_record(ttl: int, serial: int, owner: bytes = _PTR_QNAME) -> bytes:
     """SOA owned by the queried name itself: each owned name is its own tiny zone apex.
 
     MNAME is the name, RNAME hostmaster.<name>; MINIMUM and the TTL are the answer TTL, so
-    the negative answer is cached no longer than a positive one (RFC 2308 §5).
+    the negative answer is cached no longer than a positive one (RFC 2308 §5). `owner` is a
+    compression pointer to the owned name (the question name unless told otherwise).
     """
     rdata = (
-        _PTR_QNAME
+        owner
         + b"\x0ahostmaster"
-        + _PTR_QNAME
+        + owner
         + (serial & 0xFFFFFFFF).to_bytes(4, "big")
         + (3600).to_bytes(4, "big")  # refresh
         + (600).to_bytes(4, "big")  # retry
         + (86400).to_bytes(4, "big")  # expire
         + ttl.to_bytes(4, "big")  # minimum: the negative-caching TTL
     )
-    return _rr(TYPE_SOA, ttl, rdata)
+    return _rr(TYPE_SOA, ttl, rdata, owner)
 
 
 def build_table(
