@@ -47,6 +47,7 @@ def build_status(app: App, now: float | None = None) -> dict[str, Any]:
     table = app.resolver.table
     leaks = app.leaks
     return {
+        "role": "resolver",
         "version": pldns.__version__,
         "now": now,
         "uptime": max(0.0, now - app.started_at),
@@ -309,7 +310,12 @@ def _cache_lines(cache: Mapping[str, Any] | None) -> list[str]:
 
 
 def render_status(doc: Mapping[str, Any], color: bool) -> str:
-    """The status document as text: the verdict first, then what it rests on."""
+    """The status document as text: the verdict first, then what it rests on. A syncer's
+    document (role "syncer", from `pldns sync`) is drawn as a syncer."""
+    if doc.get("role") == "syncer":
+        from pldns.syncstatus import render_syncer
+
+        return render_syncer(doc, color)
     paint = _Paint(color)
     now = float(doc.get("now") or time.time())
     if doc.get("ready"):

@@ -8,7 +8,8 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from pldns import logs
@@ -20,6 +21,7 @@ from pldns.sync.loop import Syncer, SyncState
 from pldns.sync.privatelink import PrivateLinkSource, api_host
 from pldns.sync.snapshot import FileSink, SnapshotSink
 from pldns.sync.task import supervise
+from pldns.syncstatus import build_sync_status
 
 if TYPE_CHECKING:
     from pldns.sync.lease import LeaseElector
@@ -92,10 +94,10 @@ async def run_sync(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    http = await start_http(config, syncer.state, elector)
+    current = [syncer]  # the Syncer of the current term (what /status shows)
+    http = await start_http(config, syncer.state, elector, lambda: current[0])
     try:
         if elector is not None:
-            current = [syncer]
 
             async def term(lost: asyncio.Event) -> None:
                 # Each term starts from what is published now (another leader may have
@@ -127,7 +129,10 @@ def sync_ready(state: SyncState, elector: LeaseElector | None) -> tuple[bool, st
 
 
 async def start_http(
-    config: Config, state: SyncState, elector: LeaseElector | None
+    config: Config,
+    state: SyncState,
+    elector: LeaseElector | None,
+    current: Callable[[], Syncer] | None = None,
 ) -> HttpApi | None:
     """/healthz, /readyz, /metrics (the sync families) and /status for the syncer itself."""
     if config.http.listen is None:
@@ -141,13 +146,12 @@ async def start_http(
         body, ctype = render_sync(state, lambda: sync_ready(state, elector)[0])
         return 200, ctype, body
 
+    started_at = time.time()
+
     def status() -> tuple[int, str, bytes]:
-        doc = {
-            "role": "syncer",
-            "leader": None if elector is None else elector.is_leader,
-            "ready": sync_ready(state, elector)[0],
-            "sync": {**vars(state), "task": vars(state.task), "age": state.age()},
-        }
+        syncer = current() if current is not None else None
+        ready = sync_ready(state, elector)
+        doc = build_sync_status(config, state, ready, elector, syncer, started_at)
         return 200, "application/json", json.dumps(doc, indent=2, default=str).encode() + b"\n"
 
     http = HttpApi(

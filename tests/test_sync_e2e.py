@@ -605,6 +605,17 @@ def test_fan_out_through_a_snapshot_file(run: Pldns, emu: OpenApiEmulator, tmp_p
         metrics_text = resp.read().decode()
     assert "pldns_sync_attempts_total" in metrics_text and "pldns_ready 1.0" in metrics_text
     assert status(syncer_cfg_doc)["role"] == "syncer"
+    # `pldns status` draws it as a syncer: role, lease, last publish, services and IPs, failures.
+    rc, text, err = run.cli("status", ["status", "--url", base], credentials=False)
+    assert rc == 0, text + err
+    lines = text.splitlines()
+    assert lines[0].startswith("READY  pldns ") and "syncer (no DNS listener)" in lines[0], text
+    assert "region cn-hangzhou, VPC vpc-test" in lines[0], text
+    assert any(line.startswith("LEASE     none (no --lease") for line in lines), text
+    assert any(line.startswith("PUBLISH   file:") and " ago (" in line for line in lines), text
+    assert any(line.split()[:4] == ["eci", ECI_NAME, f"{REGION}-h", "10.0.0.1"] for line in lines)
+    assert any(line.startswith("FAILURES  none in ") for line in lines), text
+    assert "listening on" not in text and "every query is forwarded" not in text
 
     node_cfg = config(
         None, sync={"source": "file", "file": str(mount / "snapshot.json"), "poll": 0.3}
