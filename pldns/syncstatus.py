@@ -54,7 +54,7 @@ def build_sync_status(
     if elector is not None:
         observed = getattr(elector, "_observed", None) or ()
         lease = {
-            "name": elector.path,
+            "name": f"{getattr(elector, 'namespace', '?')}/{getattr(elector, 'lease', '?')}",
             "identity": elector.identity,
             "leader": elector.is_leader,
             "holder": (observed[0] if observed else None) or None,
