@@ -69,7 +69,7 @@ def test_a_leader_shows_what_it_publishes_and_found() -> None:
         "READY  pldns " + _doc()["version"] + " syncer (no DNS listener), up 10m00s, "
         "region cn-hangzhou, VPC vpc-abc"
     )
-    assert lines[1] == f"LEASE     pldns/pldns-sync: leader (pldns-sync-b), 2 term(s) led here"
+    assert lines[1] == "LEASE     pldns/pldns-sync: leader (pldns-sync-b), 2 term(s) led here"
     assert lines[2] == "PUBLISH   configmap:pldns/pldns-snapshot 30s ago (3 writes)"
     assert any(line.split()[:5] == ["eci", "eci-vpc.cn-hangzhou.aliyuncs.com", "cn-hangzhou-h", "10.0.0.1", "ep-1"] for line in lines), text  # fmt: skip
     assert any(line.split()[:2] == ["vpc", "vpc-vpc.cn-hangzhou.aliyuncs.com"] and "no addresses" in line for line in lines), text  # fmt: skip
