@@ -122,19 +122,9 @@ METRICS: dict[str, tuple[str, str]] = {
         GAUGE,
         "Sync rounds failed in a row (0 after a success).",
     ),
-    "pldns_sync_task_restarts_total": (
-        COUNTER,
-        "Times the supervised sync task ended unexpectedly and was restarted.",
-    ),
-    "pldns_sync_task_running": (
-        GAUGE,
-        "1 while the sync task runs, 0 while it waits to be restarted (or there is none).",
-    ),
-    "pldns_sync_held_services": (
-        GAUGE,
-        "Services kept at their previous addresses although the last round found none "
-        "(sync.keep_rounds).",
-    ),
+    "pldns_sync_task_restarts_total": (COUNTER, "Times the sync task ended and was restarted."),
+    "pldns_sync_task_running": (GAUGE, "1 while the sync task runs, else 0."),
+    "pldns_sync_held_services": (GAUGE, "Services kept at old addresses (sync.keep_rounds)."),
     "pldns_snapshot_age_seconds": (
         GAUGE,
         "Seconds since the source last confirmed the served data (the syncer's generated_at "
@@ -150,10 +140,7 @@ METRICS: dict[str, tuple[str, str]] = {
         "Addresses served for each configured service, by address family (ipv4, ipv6).",
     ),
     "pldns_owned_names": (GAUGE, "Names answered from the owned-name table."),
-    "pldns_table_loaded": (
-        GAUGE,
-        "1 when the owned-name table holds data from its source (or the source is static).",
-    ),
+    "pldns_table_loaded": (GAUGE, "1 when the owned-name table holds data from its source."),
     "pldns_config_reloads_total": (
         COUNTER,
         "Config reloads, by result (success, failure: the old config is kept).",
