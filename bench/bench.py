@@ -41,6 +41,12 @@ WORKLOADS = {
         "forwarded, uniform over 10k zone names (cacheable: a cache holds the whole set after warm-up)",
     ),
     "mix": ("q-mix.txt", "q-mix.txt", "q-mix.txt", "90% synthesized / 10% forwarded (10k set)"),
+    "zipf": (
+        "q-zipf.txt",
+        "q-zipf.txt",
+        "q-zipf.txt",
+        "forwarded, 10k zone names repeating with Zipf-like popularity (s=1): a cache's job",
+    ),
     "miss": (
         "q-miss-main.txt",
         "q-miss-warm.txt",
@@ -1184,8 +1190,9 @@ def main():
     for tool in ("dnsperf", "knotd", "knotc", "taskset", "dig"):
         if not shutil.which(tool):
             sys.exit("missing %s (see README: apt-get install ...)" % tool)
-    if not os.path.exists(os.path.join(DATA, "q-miss-main.txt")):
-        sys.exit("no query data: run ./gen_data.py first (run.sh does it)")
+    for needed in ("q-miss-main.txt", "q-zipf.txt"):
+        if not os.path.exists(os.path.join(DATA, needed)):
+            sys.exit("no query data (%s): run ./gen_data.py first (run.sh does it)" % needed)
 
     avail = builtin_peers()
     peers = [] if args.peers in ("", "none") else args.peers.split(",")

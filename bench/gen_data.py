@@ -12,6 +12,9 @@ Files:
   q-synth.txt         only synthesized names (type A), shuffled
   q-pass.txt          uniform random over the N zone records (type A): cacheable working set of N
   q-mix.txt           MIX_SYNTH_PCT % synthesized, the rest pass-through (random h-names)
+  q-zipf.txt          pass-through over the N zone records, Zipf-like popularity (weight of the
+                      k-th most popular name 1/k^ZIPF_S, names in random rank order): the
+                      repeat pattern of real DNS traffic, for comparing caches
   q-miss-{main,warm,lat}.txt
                       every line a distinct name under miss.example.test -> a cache can never hit;
                       separate files (distinct label prefixes) for warm-up, throughput and latency
@@ -66,6 +69,19 @@ def write_zone(path, n):
         f.write("\n".join(lines) + "\n")
 
 
+def write_zipf(path, n, lines, s, rnd):
+    """`lines` queries over the n zone names, the k-th most popular with weight 1/k^s."""
+    ranked = list(range(n))
+    rnd.shuffle(ranked)
+    cum, total = [], 0.0
+    for k in range(1, n + 1):
+        total += 1.0 / k**s
+        cum.append(total)
+    picks = rnd.choices(ranked, cum_weights=cum, k=lines)
+    with open(path, "w") as f:
+        f.writelines("h%05d.%s A\n" % (i, ZONE) for i in picks)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument(
@@ -80,6 +96,7 @@ def main():
         help="distinct names in q-miss-main.txt (must exceed QPS*seconds or names repeat)",
     )
     ap.add_argument("--mix-synth-pct", type=float, default=90.0)
+    ap.add_argument("--zipf-s", type=float, default=1.0, help="Zipf exponent of q-zipf.txt")
     ap.add_argument("--seed", type=int, default=42)
     a = ap.parse_args()
     os.makedirs(a.outdir, exist_ok=True)
@@ -111,6 +128,7 @@ def main():
                 yield "h%05d.%s A\n" % (rnd.randrange(a.records), ZONE)
 
     w("q-mix.txt", mix())
+    write_zipf(os.path.join(a.outdir, "q-zipf.txt"), a.records, a.lines, a.zipf_s, rnd)
     for kind, prefix, count in (
         ("main", "u", a.miss_lines),
         ("warm", "w", 200000),

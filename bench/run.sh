@@ -100,7 +100,7 @@ if [[ -n "$with_pldns" ]]; then
 fi
 
 # 3. data
-if [[ ! -f "$here/data/q-miss-main.txt" ]]; then
+if [[ ! -f "$here/data/q-miss-main.txt" || ! -f "$here/data/q-zipf.txt" ]]; then
   echo "bench/run.sh: generating bench/data/ (once; ~2M query names)" >&2
   python3 "$here/gen_data.py" --outdir "$here/data"
 fi

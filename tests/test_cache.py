@@ -78,10 +78,14 @@ def store(cache: PacketCache, q: dns.message.Message, reply: bytes, now: float =
 def hit(cache: PacketCache, q: dns.message.Message, now: float) -> dns.message.Message | None:
     wire = q.to_wire()
     sq = scan_query(wire)
-    entry = cache.get(key_of(q), now)
-    if entry is None or now >= entry.expires:
-        return None
-    return dns.message.from_wire(cache.answer(entry, wire, sq.qend, now))
+    reply, _ = cache.lookup(key_of(q), wire, sq.qend, now)
+    return None if reply is None else dns.message.from_wire(reply)
+
+
+def get(cache: PacketCache, q: dns.message.Message, now: float):  # type: ignore[no-untyped-def]
+    """The entry for q, fresh or stale; None when gone."""
+    wire = q.to_wire()
+    return cache.lookup(key_of(q), wire, scan_query(wire).qend, now)[1]
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -203,7 +207,7 @@ def test_servfail_is_kept_briefly_and_never_served_stale() -> None:
     q = query()
     entry = store(cache, q, reply_to(q, rcode=dns.rcode.SERVFAIL), now=0.0)
     assert entry is not None and entry.kind == KIND_SERVFAIL and entry.lifetime == 5
-    assert cache.get(key_of(q), 5.0) is None  # gone at expiry, not kept for stale answers
+    assert get(cache, q, 5.0) is None  # gone at expiry, not kept for stale answers
     assert scan_reply(reply_to(q, rcode=dns.rcode.SERVFAIL), 1, Cache(servfail_ttl=0)) is None
 
 
@@ -257,8 +261,8 @@ def test_a_corrupted_good_reply_never_raises(position: int, value: int) -> None:
     entry = cache.insert(key_of(q), bytes(good), 1, 0.0)
     if entry is not None:  # stored: a hit works on it (the bytes are relayed, not validated)
         wire = q.to_wire()
-        got = cache.answer(entry, wire, scan_query(wire).qend, 2.0)
-        assert len(got) == len(good) and got[:2] == wire[:2]
+        got, _ = cache.lookup(key_of(q), wire, scan_query(wire).qend, 2.0)
+        assert got is not None and len(got) == len(good) and got[:2] == wire[:2]
 
 
 # -- stale, prefetch, eviction, operations -------------------------------------------------
@@ -268,7 +272,7 @@ def test_stale_entries_serve_with_stale_ttl_until_the_window_closes() -> None:
     cache = cached(Cache(stale_window=100, stale_ttl=30))
     q = query()
     store(cache, q, reply_to(q, answers=[(NAME, 60, "A", "192.0.2.1")]), now=0.0)
-    entry = cache.get(key_of(q), 61.0)
+    entry = get(cache, q, 61.0)
     assert entry is not None and entry.expires <= 61.0
     client = query("wWw.example.test")
     wire = client.to_wire()
@@ -276,8 +280,8 @@ def test_stale_entries_serve_with_stale_ttl_until_the_window_closes() -> None:
     assert got.id == client.id and got.question[0].name.to_text() == "wWw.example.test."
     assert got.answer[0].ttl == 30
     assert cache.stale[KIND_SUCCESS] == 1
-    assert cache.get(key_of(q), 159.9) is not None
-    assert cache.get(key_of(q), 160.0) is None  # expires (60) + stale_window (100)
+    assert get(cache, q, 159.9) is not None
+    assert get(cache, q, 160.0) is None  # expires (60) + stale_window (100)
     assert len(cache) == 0
 
 
@@ -285,7 +289,7 @@ def test_without_a_stale_window_an_expired_entry_is_gone() -> None:
     cache = cached(Cache(stale_window=0))
     q = query()
     store(cache, q, reply_to(q, answers=[(NAME, 60, "A", "192.0.2.1")]), now=0.0)
-    assert cache.get(key_of(q), 60.0) is None
+    assert get(cache, q, 60.0) is None
 
 
 def test_prefetch_is_wanted_once_for_a_popular_entry_in_its_last_tenth() -> None:
@@ -299,7 +303,7 @@ def test_prefetch_is_wanted_once_for_a_popular_entry_in_its_last_tenth() -> None
     hit(cache, q, 3.0)
     assert not cache.wants_prefetch(entry, 89.9)  # not in the last 10 % yet
     assert cache.wants_prefetch(entry, 90.0)
-    entry.prefetched = True
+    entry.hits = -1  # what the pipeline sets when it starts the refresh
     assert not cache.wants_prefetch(entry, 95.0)  # once
     assert not cached(Cache(prefetch=0)).wants_prefetch(entry, 95.0)
 
@@ -344,38 +348,36 @@ def test_a_million_operations_on_a_fake_clock_keep_the_cache_bounded() -> None:
     size = 1000
     cache = cached(Cache(size=size, stale_window=3600))
     rng = random.Random(12)
-    templates = []
+    templates = []  # replies for k00000.example.test; each key gets one with its question
     for i in range(64):
-        q = query(f"n{i}.example.test")
+        q = query("k00000.example.test")
         ttl = 1 + (i * 37) % 600
         if i % 4 == 0:
             soa = [("example.test", 300, "SOA", SOA.format(minimum=ttl))]
-            templates.append((q, reply_to(q, authority=soa, rcode=dns.rcode.NXDOMAIN)))
+            templates.append(reply_to(q, authority=soa, rcode=dns.rcode.NXDOMAIN))
         else:
-            templates.append(
-                (q, reply_to(q, answers=[(f"n{i}.example.test", ttl, "A", "192.0.2.1")]))
-            )
-    # Keys for 20k names: the template reply is stored under each (the cache keys, it does not
-    # compare the reply's name with the key's).
-    keys = [key_of(query(f"k{i}.example.test")) for i in range(20_000)]
+            templates.append(reply_to(q, answers=[("k00000.example.test", ttl, "A", "192.0.2.1")]))
+    names = [query(f"k{i:05d}.example.test") for i in range(20_000)]
+    wires = [q.to_wire() for q in names]
+    keys = [key_of(q) for q in names]
+    qend = scan_query(wires[0]).qend  # the same for every name (same length)
     now = 0.0
-    hits = misses = 0
+    hits = misses = stored = 0
     for step in range(1_000_000):
         now += 0.864  # 10^6 steps = 10 days
-        key = keys[int(rng.paretovariate(1.1)) % len(keys)]
-        entry = cache.get(key, now)
-        if entry is not None and now < entry.expires:
+        index = int(rng.paretovariate(1.1)) % len(keys)
+        key = keys[index]
+        reply, _ = cache.lookup(key, wires[index], qend, now)
+        if reply is not None:
             hits += 1
-            if step % 1000 == 0:
-                q, _ = templates[0]
-                wire = q.to_wire()
-                cache.answer(entry, wire, scan_query(wire).qend, now)
+            assert reply[12:qend] == wires[index][12:qend]  # never another question's answer
             continue
         misses += 1
-        _, reply = templates[step % len(templates)]
-        cache.insert(key, reply, 1, now)
+        template = templates[step % len(templates)]
+        question = wires[index][12:qend]
+        stored += cache.insert(key, template[:12] + question + template[qend:], 1, now) is not None
         assert len(cache) <= size
     assert len(cache) <= size
     assert sum(cache.kinds.values()) == len(cache)
-    assert hits > 100_000 and misses > 50_000  # both paths really ran
+    assert hits > 100_000 and misses > 50_000 and stored == misses  # both paths really ran
     assert sum(cache.evictions.values()) > 0

@@ -277,7 +277,7 @@ def test_fifty_identical_queries_in_flight_make_one_upstream_query(pldns, upstre
         assert got[qid][12 : len(wire)] == wire[12:]  # each with its own spelling
     assert len(upstream.queries(WWW)) == 1
     assert server.app.cache.coalesced == 49
-    assert server.app.stats.inflight == 0
+    assert wait_until(lambda: server.app.stats.inflight == 0)
     assert flights(server) == 0
 
 

@@ -20,13 +20,14 @@ What is stored and for how long (all in whole seconds; `now` comes from the call
 
 An entry past its lifetime is stale: kept for stale_window more seconds (RFC 8767), during
 which the pipeline may answer from it, with every TTL set to stale_ttl, when the upstreams
-fail. Memory is bounded by `size` entries, the least recently used evicted first.
+fail. Memory is bounded by `size` entries (CLOCK eviction: an entry not hit since the clock
+hand last passed goes first), and each entry is kept to a few hundred bytes (see Entry).
 """
 
 from __future__ import annotations
 
 import struct
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Collection
 
 from pldns.dns.rcode import DnsError
@@ -37,7 +38,8 @@ from pldns.dns.wire import strip_hop_by_hop as _strip
 KIND_SUCCESS = "success"
 KIND_DENIAL = "denial"
 KIND_SERVFAIL = "servfail"
-KINDS = (KIND_SUCCESS, KIND_DENIAL, KIND_SERVFAIL)
+KINDS = (KIND_SUCCESS, KIND_DENIAL, KIND_SERVFAIL)  # the trailer stores the index
+_SERVFAIL = 2
 
 NOERROR, SERVFAIL_RCODE, NXDOMAIN = 0, 2, 3
 MAX_TTL_VALUE = 0x7FFFFFFF  # RFC 2181 §8: a TTL with the top bit set is treated as 0
@@ -47,6 +49,8 @@ _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
 _TTL = struct.Struct("!I")
 _META = struct.Struct("!HI")  # (offset of a TTL field, the TTL shown at age 0)
+_TRAILER = struct.Struct("!dIIB")  # expires, lifetime, age of the TTLs written, kind index
+_TRAILER_SIZE = _TRAILER.size
 _BITS = tuple(bytes((b,)) for b in range(16))
 _RD, _CD, _EDNS, _DO = 0x01, 0x02, 0x04, 0x08
 KEY_TAIL = 5  # the key is qname + type + class + one byte of bits
@@ -78,26 +82,36 @@ def key_name(key: bytes) -> bytes:
 
 
 class Entry:
-    """One stored reply. `template` holds the TTLs as last shown (at `age` seconds)."""
+    """One stored reply, kept small (about 250 bytes with its key for a one-record answer).
 
-    __slots__ = (
-        "age", "expires", "hits", "kind", "lifetime", "meta", "prefetched", "retry_after",
-        "stored", "template",
-    )  # fmt: skip
+    `blob` holds, in one bytes object: the reply without its question (the client's question
+    goes back in on a hit; bytes 0-1, the ID's place, hold the length of this part), the TTL
+    field offsets with the TTL shown at age 0 (6 bytes each), then a trailer: expiry time,
+    lifetime, the age the TTLs were last written for, and the kind. `hits` counts hits for
+    prefetch and is the reference bit of the CLOCK eviction (-1: prefetched).
+    """
 
-    def __init__(
-        self, kind: str, template: bytes, meta: bytes, stored: float, lifetime: int
-    ) -> None:
-        self.kind = kind
-        self.template = template
-        self.meta = meta
-        self.stored = stored
-        self.lifetime = lifetime
-        self.expires = stored + lifetime
-        self.age = 0
+    __slots__ = ("blob", "hits")
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
         self.hits = 0
-        self.prefetched = False
-        self.retry_after = 0.0  # after a failed refresh: answer stale without asking until then
+
+    def trailer(self) -> tuple[float, int, int, int]:
+        b = self.blob
+        return _TRAILER.unpack_from(b, len(b) - _TRAILER.size)  # type: ignore[return-value]
+
+    @property
+    def expires(self) -> float:
+        return self.trailer()[0]
+
+    @property
+    def lifetime(self) -> int:
+        return self.trailer()[1]
+
+    @property
+    def kind(self) -> str:
+        return KINDS[self.trailer()[3]]
 
 
 def scan_reply(
@@ -167,11 +181,18 @@ def scan_reply(
 
 
 class PacketCache:
-    """The stored replies, bounded, least recently used first out; counters for metrics."""
+    """The stored replies, at most `size`, CLOCK eviction; counters for metrics.
+
+    Entries sit in a plain dict in insertion order. When the cache is over its size, the
+    oldest entries are looked at in turn: one hit since it was last looked at moves to the
+    newest end with its count reset (a second chance), one not hit goes. Lookups do not
+    reorder anything.
+    """
 
     def __init__(self, settings: Cache) -> None:
         self.settings = settings
-        self.entries: OrderedDict[bytes, Entry] = OrderedDict()
+        self.entries: dict[bytes, Entry] = {}
+        self.recheck: dict[bytes, float] = {}  # key -> answer stale without asking until then
         self.kinds: Counter[str] = Counter()  # entries by kind
         self.hits: Counter[str] = Counter()
         self.stale: Counter[str] = Counter()
@@ -192,79 +213,99 @@ class PacketCache:
 
     # -- looking up ------------------------------------------------------------------------
 
-    def get(self, key: bytes, now: float) -> Entry | None:
-        """The entry for `key`, fresh (now < expires) or stale within the window; else None."""
+    def lookup(
+        self, key: bytes, data: bytes, qend: int, now: float
+    ) -> tuple[bytes | None, Entry | None]:
+        """(reply, entry) for a fresh entry; (None, entry) for a stale one within the
+        window; (None, None) when there is nothing usable.
+
+        The reply is `data`'s ID and question on the stored answer, each TTL the time left.
+        """
         entry = self.entries.get(key)
         if entry is None:
-            return None
-        if now >= entry.expires and (
-            entry.kind == KIND_SERVFAIL or now >= entry.expires + self.settings.stale_window
-        ):
-            self._remove(key, entry)
-            return None
-        self.entries.move_to_end(key)
-        return entry
-
-    def answer(self, entry: Entry, data: bytes, qend: int, now: float) -> bytes:
-        """A fresh entry as the reply to `data`: its ID and spelling, TTLs counted down."""
-        entry.hits += 1
-        self.hits[entry.kind] += 1
-        age = int(now - entry.stored)
-        if age != entry.age:
-            buf = bytearray(entry.template)
-            pack = _TTL.pack_into
-            for offset, ttl in _META.iter_unpack(entry.meta):
-                pack(buf, offset, ttl - age if ttl > age else 0)
-            entry.template = bytes(buf)
-            entry.age = age
-        t = entry.template
-        return data[:2] + t[2:HEADER_LEN] + data[HEADER_LEN:qend] + t[qend:]
+            return None, None
+        b = entry.blob
+        tail = len(b) - _TRAILER_SIZE
+        expires, lifetime, age_written, kind = _TRAILER.unpack_from(b, tail)
+        if now >= expires:
+            if kind == _SERVFAIL or now >= expires + self.settings.stale_window:  # 2: servfail
+                self._remove(key, entry)
+                return None, None
+            return None, entry
+        if entry.hits >= 0:
+            entry.hits += 1
+        self.hits[KINDS[kind]] += 1
+        age = int(now - expires + lifetime)
+        if age != age_written:
+            b = entry.blob = _age(b, age, tail, expires, lifetime, kind)
+        n = (b[0] << 8) | b[1]
+        return data[:2] + b[2:HEADER_LEN] + data[HEADER_LEN:qend] + b[HEADER_LEN:n], entry
 
     def answer_stale(self, entry: Entry, data: bytes, qend: int) -> bytes:
         """An expired entry as the reply to `data`, every TTL stale_ttl (RFC 8767 §4)."""
-        self.stale[entry.kind] += 1
-        buf = bytearray(entry.template)
+        b = entry.blob
+        tail = len(b) - _TRAILER.size
+        kind = b[-1]
+        self.stale[KINDS[kind]] += 1
+        n = (b[0] << 8) | b[1]
+        body = bytearray(b[:n])
         stale_ttl = self.settings.stale_ttl
-        for offset, _ in _META.iter_unpack(entry.meta):
-            _TTL.pack_into(buf, offset, stale_ttl)
-        buf[0:2] = data[:2]
-        buf[HEADER_LEN:qend] = data[HEADER_LEN:qend]
-        return bytes(buf)
+        for offset, _ in _META.iter_unpack(b[n:tail]):
+            _TTL.pack_into(body, offset, stale_ttl)
+        return data[:2] + bytes(body[2:HEADER_LEN]) + data[HEADER_LEN:qend] + bytes(body[12:])
+
+    def retry_after(self, key: bytes) -> float:
+        return self.recheck.get(key, 0.0)
+
+    def failed_refresh(self, key: bytes, until: float) -> None:
+        """A refresh of a stale entry failed: answer it stale, without asking, until `until`."""
+        if key in self.entries:
+            self.recheck[key] = until
 
     def wants_prefetch(self, entry: Entry, now: float) -> bool:
         """A popular fresh entry in the last 10 % of its life, not refreshed yet (once)."""
         threshold = self.settings.prefetch
-        return (
-            threshold > 0
-            and entry.hits >= threshold
-            and not entry.prefetched
-            and entry.kind != KIND_SERVFAIL
-            and now >= entry.expires - entry.lifetime * PREFETCH_FRACTION
-        )
+        if threshold <= 0 or entry.hits < threshold:
+            return False
+        expires, lifetime, _, kind = entry.trailer()
+        return kind != _SERVFAIL and now >= expires - lifetime * PREFETCH_FRACTION
 
     # -- storing -----------------------------------------------------------------------------
 
     def insert(self, key: bytes, reply: bytes, qtype: int, now: float) -> Entry | None:
         """Store an upstream reply if the rules allow; the new entry, or None."""
+        qend = HEADER_LEN + len(key) - KEY_TAIL + 4
+        # Only a reply to exactly this question (RFC 5452 §9.1; the forwarder checked too).
+        if (
+            len(reply) < qend
+            or reply[HEADER_LEN : qend - 4].lower() != key[:-KEY_TAIL]
+            or reply[qend - 4 : qend] != key[-KEY_TAIL:-1]
+        ):
+            return None
         scanned = scan_reply(reply, qtype, self.settings)
         if scanned is None:
             return None
         kind, lifetime, ttls = scanned
-        buf = bytearray(reply)
+        shift = qend - HEADER_LEN  # the question is not stored
+        body = bytearray(reply[:HEADER_LEN] + reply[qend:])
+        if len(body) > 0xFFFF:
+            return None
+        body[0:2] = len(body).to_bytes(2, "big")
         # A cached answer is not authoritative: AA is for the authority itself (RFC 1035
         # §4.1.1).
-        buf[2] &= 0xFB
+        body[2] &= 0xFB
         meta = bytearray()
         for offset, ttl in ttls:
             shown = ttl if ttl < lifetime else lifetime
-            _TTL.pack_into(buf, offset, shown)
-            meta += _META.pack(offset, shown)
-        entry = Entry(kind, bytes(buf), bytes(meta), now, lifetime)
+            _TTL.pack_into(body, offset - shift, shown)
+            meta += _META.pack(offset - shift, shown)
+        trailer = _TRAILER.pack(now + lifetime, lifetime, 0, KINDS.index(kind))
+        entry = Entry(bytes(body + meta) + trailer)
         entries = self.entries
-        old = entries.get(key)
+        old = entries.pop(key, None)
         if old is not None:
             self.kinds[old.kind] -= 1
-            entries.move_to_end(key)
+            self.recheck.pop(key, None)
         entries[key] = entry
         self.kinds[kind] += 1
         self.inserts[kind] += 1
@@ -275,14 +316,39 @@ class PacketCache:
     def _trim(self) -> None:
         entries = self.entries
         size = self.settings.size
-        while len(entries) > size:
-            _, gone = entries.popitem(last=False)
-            self.kinds[gone.kind] -= 1
-            self.evictions[gone.kind] += 1
+        excess = len(entries) - size
+        if excess <= 0:
+            return
+        # Evict a little more than needed at once: every walk starts from the dict's front,
+        # over the holes earlier evictions left there.
+        want = excess + size // 128
+        victims: list[bytes] = []
+        spared: list[bytes] = []
+        for key, entry in entries.items():
+            if entry.hits > 0:
+                spared.append(key)
+            else:
+                victims.append(key)
+                if len(victims) >= want:
+                    break
+        if len(victims) < excess:  # all were hit since last looked at: the oldest go anyway
+            take = excess - len(victims)
+            victims += spared[:take]
+            spared = spared[take:]
+        for key in spared:
+            entry = entries.pop(key)
+            entry.hits = 0
+            entries[key] = entry
+        for key in victims:
+            entry = entries[key]
+            self._remove(key, entry)
+            self.evictions[entry.kind] += 1
 
     def _remove(self, key: bytes, entry: Entry) -> None:
         del self.entries[key]
         self.kinds[entry.kind] -= 1
+        if self.recheck:
+            self.recheck.pop(key, None)
 
     # -- operations --------------------------------------------------------------------------
 
@@ -290,6 +356,7 @@ class PacketCache:
         """Drop everything; how many entries there were."""
         count = len(self.entries)
         self.entries.clear()
+        self.recheck.clear()
         self.kinds.clear()
         self.flushes += 1
         return count
@@ -302,3 +369,14 @@ class PacketCache:
         for key in doomed:
             self._remove(key, self.entries[key])
         return len(doomed)
+
+
+def _age(blob: bytes, age: int, tail: int, expires: float, lifetime: int, kind: int) -> bytes:
+    """The blob with every TTL written for `age` seconds since it was stored."""
+    n = (blob[0] << 8) | blob[1]
+    buf = bytearray(blob)
+    pack = _TTL.pack_into
+    for offset, ttl in _META.iter_unpack(blob[n:tail]):
+        pack(buf, offset, ttl - age if ttl > age else 0)
+    _TRAILER.pack_into(buf, tail, expires, lifetime, age, kind)
+    return bytes(buf)

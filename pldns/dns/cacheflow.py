@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pldns.dns.answer import SOURCE_CACHE, SOURCE_LOCAL, SOURCE_UPSTREAM
-from pldns.dns.cache import KIND_SERVFAIL, Entry, PacketCache, cache_key
+from pldns.dns.cache import KIND_SERVFAIL, KINDS, Entry, PacketCache, cache_key
 from pldns.dns.cname import CNAME_IN
 from pldns.dns.rcode import REFUSED, SERVFAIL, DnsError
 from pldns.dns.wire import HEADER_LEN, TCP_MAX, UDP_MIN, Query, build_error, truncate, udp_limit
@@ -78,13 +78,11 @@ class CacheFlow:
             return False
         cache = self.cache
         now = self.clock()
-        entry = cache.get(key, now)
-        if entry is not None and now < entry.expires:
-            self._send(ex, q, cache.answer(entry, data, q.qend, now))
-            if cache.wants_prefetch(entry, now) and key not in self.flights:
-                entry.prefetched = True
-                if self._start(key, data, q, None, False):
-                    cache.prefetches[entry.kind] += 1
+        reply, entry = cache.lookup(key, data, q.qend, now)
+        if reply is not None and entry is not None:
+            self._send(ex, q, reply)
+            if entry.hits >= cache.settings.prefetch > 0:
+                self._prefetch(key, data, q, entry, now)
             return True
         cache.misses += 1
         # `entry` is now None or stale (expired less than stale_window ago).
@@ -99,13 +97,22 @@ class CacheFlow:
             fe.stats.inflight += 1
             cache.coalesced += 1
             return True
-        if entry is not None and now < entry.retry_after:
+        if entry is not None and now < cache.retry_after(key):
             self._send(ex, q, cache.answer_stale(entry, data, q.qend))
             return True
         if fe.stats.inflight >= fe.max_inflight or len(self.flights) >= fe.max_inflight:
             return False
         self._start(key, data, q, (ex, q, self._limit(ex, q)), entry is not None)
         return True
+
+    def _prefetch(self, key: bytes, data: bytes, q: Query, entry: Entry, now: float) -> None:
+        """Refresh a popular entry in the last 10 % of its life in the background, once."""
+        cache = self.cache
+        if not cache.wants_prefetch(entry, now) or key in self.flights:
+            return
+        if self._start(key, data, q, None, False):
+            entry.hits = -1
+            cache.prefetches[entry.kind] += 1
 
     @staticmethod
     def _limit(ex: Exchange, q: Query) -> int:
@@ -155,20 +162,24 @@ class CacheFlow:
         """The client-response timer: answer the waiting clients from the stale entry."""
         flight.timer = None
         flight.timed_out = True
-        entry = self.cache.get(flight.key, self.clock())
-        if entry is not None:
-            self._serve_entry(flight, entry)
+        self._serve_cached(flight)
 
-    def _serve_entry(self, flight: Flight, entry: Entry) -> None:
+    def _serve_cached(self, flight: Flight) -> bool:
+        """Answer the waiting clients from the entry for the flight's key, fresh or stale;
+        False when there is no such entry (or only a SERVFAIL)."""
         cache, fe, now = self.cache, self.fe, self.clock()
+        entry = cache.entries.get(flight.key)
+        if entry is None:
+            return False
+        expires, _, _, kind = entry.trailer()
+        if KINDS[kind] == KIND_SERVFAIL or now >= expires + cache.settings.stale_window:
+            return False
         waiters, flight.waiters = flight.waiters, []
         for ex, q, _ in waiters:
             fe.stats.inflight -= 1
-            if now < entry.expires:
-                reply = cache.answer(entry, ex.data, q.qend, now)
-            else:
-                reply = cache.answer_stale(entry, ex.data, q.qend)
-            self._send(ex, q, reply)
+            out = cache.lookup(flight.key, ex.data, q.qend, now)[0] if now < expires else None
+            self._send(ex, q, out or cache.answer_stale(entry, ex.data, q.qend))
+        return True
 
     def _landed(self, flight: Flight, reply: bytes | None) -> None:
         """The forwarder's outcome for a flight: store it, hand it to every waiting client."""
@@ -176,11 +187,10 @@ class CacheFlow:
         cache, fe, now = self.cache, self.fe, self.clock()
         key, fq = flight.key, flight.q
         if reply is None or reply[3] & 0x0F in (SERVFAIL, REFUSED):
-            entry = cache.get(key, now)
-            if entry is not None and entry.kind != KIND_SERVFAIL:
-                if now >= entry.expires:
-                    entry.retry_after = now + cache.settings.stale_ttl
-                self._serve_entry(flight, entry)
+            entry = cache.entries.get(key)
+            if entry is not None and self._serve_cached(flight):
+                if now >= entry.expires:  # RFC 8767 §4: the failure recheck timer
+                    cache.failed_refresh(key, now + cache.settings.stale_ttl)
                 return
         if reply is not None:
             if reply.find(CNAME_IN, fq.qend) >= 0:  # a CNAME chain into an owned name? (cname.py)
