@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.fakes.peers import Dnsmasq, Unbound
 from tests.fakes.proc import (
@@ -34,6 +35,21 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 # Nor through a proxy: the SDK and urllib honour these, and loopback traffic must stay there.
 for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
     os.environ.pop(_var, None)
+
+# Property-based tests (tests/test_*_properties.py): a bounded run, no example database in
+# the repository, no deadline (a loaded machine makes single examples slow, not wrong).
+# HYPOTHESIS_PROFILE=long runs many more examples when hunting for a bug.
+settings.register_profile(
+    "ci",
+    max_examples=300,
+    deadline=None,
+    database=None,
+    derandomize=False,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+settings.register_profile("long", parent=settings.get_profile("ci"), max_examples=20000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
