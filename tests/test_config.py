@@ -81,11 +81,30 @@ def test_defaults():
     assert config.services == ()
 
 
+SECTIONS = ["answers", "forward", "tcp", "sync", "privatelink", "http", "log", "lifecycle", "leaks"]
+
+
 @pytest.mark.parametrize(
-    "section", ["answers", "forward", "tcp", "services"], ids=lambda s: f"{s}-null"
+    ("section", "value"),
+    [(s, v) for s in SECTIONS for v in (None, {})]
+    + [
+        ("services", None),
+        ("services", {}),
+        ("allow", None),
+        ("upstreams", None),
+        ("listen", None),
+    ],
+    ids=lambda x: "null" if x is None else "empty" if x == {} else x,
 )
-def test_empty_sections_take_defaults(section):
-    parse_config({"region": "cn-beijing", section: None})
+def test_empty_sections_take_defaults(section, value):
+    """`section:` left empty (YAML null) or `{}` means every key of it at its default."""
+    plain = parse_config({"region": "cn-beijing"})
+    config = parse_config({"region": "cn-beijing", section: value})
+    assert getattr(config, section) == getattr(plain, section)
+    assert config == plain
+    # ... and those defaults are not the values a full config sets (the check can fail).
+    if section in FULL:
+        assert getattr(parse_config(FULL), section) != getattr(plain, section)
 
 
 def test_region_expanded():

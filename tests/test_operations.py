@@ -1,11 +1,17 @@
 """Operating a real `pldns serve`: metrics, health and readiness, reload, shutdown, leaks, logs.
 
 Each test runs pldns as a subprocess on loopback with its HTTP endpoint on a free port, a
-fake upstream, and real clients (dnspython, urllib, `pldns status`).
+fake upstream, and real clients (dnspython, urllib, `pldns status`). The owned name's
+addresses come from the PrivateLink source through the real SDK, against the OpenAPI
+emulator (tests/emulator), signed with an AccessKey whose secret only a credentials file
+holds: the emulator checks the signatures, so the secret is really in use, and the
+redaction filter (which masks secrets found in the environment) does not know it, so if
+any code path wrote it to a log, /status or /metrics, the teardown check would see it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,15 +27,16 @@ from typing import Any
 
 import dns.message
 import dns.query
-import dns.rcode
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.emulator import OpenApiEmulator
 from tests.fakes.proc import OWNED, OWNED_IPS, REPO, PldnsProcess, base_config, free_port, merge
 from tests.fakes.upstream import FakeUpstream
 
 SECRET = "pldns-ops-test-secret-9f3kQ"
+KEY_ID = "LTAIopstestkey0001"
 LEAK_NAME = "ecs.cn-hangzhou.aliyuncs.com"
 LEAK_IP = "100.100.7.7"
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -76,7 +83,7 @@ def wait_until(check: Callable[[], bool], timeout: float = 5.0, every: float = 0
 
 
 class Ops(PldnsProcess):
-    """A pldns subprocess with its HTTP endpoint on a free port and a secret in its env."""
+    """A pldns subprocess with its HTTP endpoint on a free port."""
 
     def __init__(self, config: dict[str, Any], workdir: Path, name: str = "ops") -> None:
         self.http_port = free_port()
@@ -84,11 +91,13 @@ class Ops(PldnsProcess):
         super().__init__(config, workdir, name)
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = SECRET
+        saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("ALIBABA_CLOUD_")}
+        os.environ["ALIBABA_CLOUD_ECS_METADATA_DISABLED"] = "true"
         try:
             return super()._spawn()
         finally:
-            del os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]
+            os.environ.pop("ALIBABA_CLOUD_ECS_METADATA_DISABLED", None)
+            os.environ.update(saved)
 
     def rewrite(self, **overrides: Any) -> None:
         self.config = merge(self.config, overrides)
@@ -103,23 +112,84 @@ class Ops(PldnsProcess):
 
 
 @pytest.fixture
-def ops(tmp_path: Path, fake_upstreams: Callable[..., FakeUpstream]) -> Any:
+def cloud(tmp_path: Path) -> Any:
+    """The OpenAPI emulator with one ECI endpoint (OWNED_IPS) that only KEY_ID/SECRET may
+    read, and the privatelink config sections that reach it with a credentials file."""
+    emu = OpenApiEmulator().start()
+    try:
+        emu.credentials.clear()
+        emu.add_credential(KEY_ID, SECRET)
+        emu.add_endpoint(
+            "ep-eci",
+            "com.aliyuncs.privatelink.cn-hangzhou.eci",
+            zones=[
+                {"zone_id": "cn-hangzhou-h", "eni_ip": OWNED_IPS[0]},
+                {"zone_id": "cn-hangzhou-k", "eni_ip": OWNED_IPS[1]},
+            ],
+        )
+        creds = tmp_path / "credentials.ini"
+        creds.write_text(
+            f"[ops]\ntype = access_key\naccess_key_id = {KEY_ID}\naccess_key_secret = {SECRET}\n"
+        )
+        sections = {
+            "privatelink": {
+                "vpc_id": "vpc-test",
+                "endpoint": emu.endpoint,
+                "protocol": "http",
+                "connect_timeout": 2,
+                "read_timeout": 5,
+                "credentials": {"file": str(creds), "profile": "ops"},
+            },
+            "sync": {
+                "source": "privatelink",
+                "interval": 3600,
+                "snapshot": str(tmp_path / "s.json"),
+            },
+            "services": {"eci": {"domains": ["eci-vpc.{region}.aliyuncs.com"]}},
+        }
+        yield emu, sections
+    finally:
+        emu.stop()
+
+
+def no_secret_anywhere(server: Ops, live: bool) -> None:
+    """Nothing the server shows or writes holds the secret: log, /status, /metrics, files."""
+    shown = server.log()
+    for page in ("/status", "/metrics") if live else ():
+        with contextlib.suppress(OSError):  # it may be exiting (a test sent SIGTERM)
+            shown += http_get(server.http_port, page)[1]
+    assert SECRET not in shown, "the AccessKey secret was shown"
+    for path in server.workdir.rglob("*"):
+        if path.is_file() and path.name != "credentials.ini":
+            assert SECRET.encode() not in path.read_bytes(), f"the secret is in {path}"
+
+
+@pytest.fixture
+def ops(tmp_path: Path, fake_upstreams: Callable[..., FakeUpstream], cloud: Any) -> Any:
+    emu, sections = cloud
     started: list[Ops] = []
 
     def start(upstream: FakeUpstream | None = None, **overrides: Any) -> Ops:
         up = upstream or fake_upstreams()
         port = free_port()
-        config = merge(base_config("127.0.0.1", port, [up.address]), overrides)
+        config = merge(merge(base_config("127.0.0.1", port, [up.address]), sections), overrides)
         server = Ops(config, tmp_path, name=f"ops{len(started)}")
         started.append(server)
-        return server.start()  # type: ignore[return-value]
+        server.start()
+        if config["sync"]["source"] == "privatelink":
+            # Ready = the first sync round is done: the SDK signed with the file's secret.
+            ok = wait_until(lambda: http_get(server.http_port, "/readyz")[0] == 200, timeout=30)
+            assert ok, server.log()
+            assert emu.count("ListVpcEndpointZones") >= 1
+        return server
 
     yield start
     for server in started:
+        if server.proc is not None and server.proc.poll() is None:
+            no_secret_anywhere(server, live=True)
         server.stop()
-        log = server.log()
-        assert SECRET not in log, "the AccessKey secret reached a log"
-        assert "Traceback" not in log, log
+        no_secret_anywhere(server, live=False)
+        assert "Traceback" not in server.log(), server.log()
 
 
 def test_metrics_move_with_real_queries(ops: Any, upstream: FakeUpstream) -> None:
@@ -346,4 +416,3 @@ def test_redaction_filter_masks_a_known_secret(capsys: pytest.CaptureFixture[str
         logs.setup("warning")
     err = capsys.readouterr().err
     assert "oops ***" in err and SECRET not in err
-    assert dns.rcode.NOERROR == 0  # dnspython imported for the module's other tests

@@ -621,7 +621,38 @@ def test_classify_duck_typed_throttling_and_passthrough() -> None:
     assert classify(original) is original
 
 
-def test_classify_messages_carry_no_secret() -> None:
+SDK_SECRET = "sdk-secret-value-Qm4x"
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        # The SDK's error objects carry the server's message and the whole response body;
+        # a SignatureDoesNotMatch body echoes the string to sign, here with the secret in it.
+        ClientException(
+            code="SignatureDoesNotMatch",
+            status_code=400,
+            message=f"Specified signature is not matched: {SDK_SECRET}",
+            data={"Message": f"server string to sign ... {SDK_SECRET}", "Recommend": SDK_SECRET},
+            request_id="R4",
+        ),
+        ThrottlingException(
+            code="Throttling.User", status_code=400, message=SDK_SECRET, data={"x": SDK_SECRET}
+        ),
+        ServerException(code="InternalError", status_code=500, message=SDK_SECRET),
+        ClientException(code="IllegalParam.NextToken", status_code=400, message=SDK_SECRET),
+    ],
+    ids=["auth", "throttled", "server", "client"],
+)
+def test_classify_messages_carry_no_secret(err: Exception) -> None:
+    """What classify() keeps (code, status, request id) never includes the message or body."""
+    assert SDK_SECRET in f"{err} {err.message} {err.data}"  # type: ignore[attr-defined]
+    got = classify(err)
+    assert SDK_SECRET not in f"{got} {got!r} {got.request_id}"
+    assert str(got).startswith(f"{got.reason}: {err.code} (HTTP {err.status_code})")  # type: ignore[attr-defined]
+
+
+def test_classify_signature_mismatch_says_what_to_check() -> None:
     err = ClientException(
         code="SignatureDoesNotMatch",
         status_code=400,
@@ -629,8 +660,7 @@ def test_classify_messages_carry_no_secret() -> None:
         data={"Message": "server string to sign ..."},
         request_id="R4",
     )
-    got = classify(err)
-    assert str(got) == (
+    assert str(classify(err)) == (
         "auth: SignatureDoesNotMatch (HTTP 400) (request id R4): the AccessKey secret does not "
         "match its ID: check ALIBABA_CLOUD_ACCESS_KEY_SECRET or the credentials file"
     )
