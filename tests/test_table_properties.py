@@ -40,9 +40,9 @@ def tables(draw: st.DrawFn):
         domains[f"s{i % count}"].append(d)
     addresses = {}
     for service in domains:
-        if draw(st.integers(0, 4)) or service == "s0":  # some services have no address yet
+        if draw(st.sampled_from([True] * 4 + [False])) or service == "s0":  # or none yet
             # Sizes around the 512-byte UDP limit too (an A record is 16 bytes, AAAA 28).
-            n4 = draw(st.sampled_from([0, 1, 2, 3, 29, 30, 31, 40, 80]))
+            n4 = draw(st.sampled_from([2, 1, 0, 3, 29, 30, 31, 40, 80]))
             n6 = draw(st.sampled_from([0, 1, 2, 16, 17, 18, 44]))
             addresses[service] = Addresses(
                 v4=tuple(draw(st.lists(v4, min_size=n4, max_size=n4))),
@@ -59,20 +59,26 @@ def random_case(draw: st.DrawFn, name: str) -> str:
     return "".join(c.upper() if f else c for c, f in zip(name, flips, strict=True))
 
 
-QTYPES = [1, 28, 255, 252, 251, 65, 64, 16, 15, 5, 6, 2, 12, 33, 99]
+QTYPES = [1, 28, 255, 6, 1, 28, 12, 252, 251, 65, 16, 2, 5, 15, 0, 0]  # 0: any other type
 
 
 @st.composite
-def asks(draw: st.DrawFn, domains: dict[str, list[str]]):
+def asks(draw: st.DrawFn, domains: dict[str, list[str]], addresses=None):
     owned = [d for ds in domains.values() for d in ds]
-    kind = draw(st.sampled_from(["owned", "owned", "owned", "below", "other"]))
+    ips = [ip for a in (addresses or {}).values() for ip in (*a.v4, *a.v6)]
+    kind = draw(st.sampled_from(["owned", "reverse", "owned", "below", "owned", "other"]))
     name = draw(st.sampled_from(owned))
     if kind == "below":  # exact names only: a child of an owned name is not owned
         name = draw(st.text(LDH, min_size=1, max_size=10)) + "." + name
     elif kind == "other":
         name = draw(domain)
+    elif kind == "reverse":  # with answers.ptr, the served addresses' reverse names
+        ip = draw(st.sampled_from(ips)) if ips and draw(st.booleans()) else draw(v4 | v6)
+        name = ipaddress.ip_address(ip).reverse_pointer
     name = random_case(draw, name)
-    qtype = draw(st.sampled_from([1, 28, 252, 251, *QTYPES]) | st.integers(1, 65535))
+    qtype = draw(st.sampled_from(QTYPES)) or draw(st.integers(1, 65535))
+    if kind == "reverse":
+        qtype = draw(st.sampled_from([12, 12, 255, 6, 1, 28]))
     qclass = draw(st.sampled_from([1, 1, 1, 1, 3, 255]))
     use_edns = draw(st.sampled_from([False, 0, 0, 1]))
     msg = dns.message.make_query(
@@ -99,34 +105,58 @@ def is_rotation(got: list, ordered: list) -> bool:
     )
 
 
-@given(tables(), st.data())
-def test_every_reply_matches_the_table(table_spec, data):
+def expected_owner(domains, addresses, key: bytes, ptr: bool):
+    """(service, kind) that owns the wire name `key`: kind "name" or "reverse"; else None."""
+    for service, ds in domains.items():
+        if key in {encode_name(d) for d in ds}:
+            return service, "name"
+    if ptr:
+        for service, ds in domains.items():
+            addrs = addresses.get(service)
+            if not ds or addrs is None:
+                continue
+            for ip in (*addrs.v4, *addrs.v6):
+                if encode_name(ipaddress.ip_address(ip).reverse_pointer) == key:
+                    return service, "reverse"
+    return None, None
+
+
+@given(tables(), st.booleans(), st.data())
+def test_every_reply_matches_the_table(table_spec, ptr, data):
     domains, addresses, ttl, serial = table_spec
-    table = build_table(domains, addresses, ttl, serial=serial)
-    msg, proto, when_unknown = data.draw(asks(domains))
+    table = build_table(domains, addresses, ttl, serial=serial, ptr=ptr)
+    msg, proto, when_unknown = data.draw(asks(domains, addresses if ptr else None))
     wire = msg.to_wire()
     resolver = Resolver(table, when_unknown, Stats())
     out = resolver.resolve(wire, proto)
     qname = msg.question[0].name
     key = encode_name(qname.to_text().lower())
-    service = next((s for s, ds in domains.items() if key in {encode_name(d) for d in ds}), None)
-    addrs = addresses.get(service, Addresses()) if service else None
-    v4s = sorted({ipaddress.IPv4Address(a) for a in addrs.v4}) if addrs else []
-    v6s = sorted({ipaddress.IPv6Address(a) for a in addrs.v6}) if addrs else []
+    service, kind = expected_owner(domains, addresses, key, ptr)
+    addrs = addresses.get(service, Addresses()) if kind == "name" else Addresses()
+    v4s = sorted({ipaddress.IPv4Address(a) for a in addrs.v4})
+    v6s = sorted({ipaddress.IPv6Address(a) for a in addrs.v6})
     qtype, qclass = msg.question[0].rdtype, msg.question[0].rdclass
-    owned = service is not None and qclass == 1
 
     if msg.edns > 0:  # RFC 6891 §6.1.3, before anything else is decided
         assert isinstance(out, Local) and out.source == SOURCE_LOCAL
-        reply = dns.message.from_wire(out.reply)
-        assert reply.rcode() == dns.rcode.BADVERS
+        assert dns.message.from_wire(out.reply).rcode() == dns.rcode.BADVERS
         event("badvers")
         return
-    known = owned and bool(v4s or v6s)
-    if not owned or (not known and when_unknown == "forward"):
+    if service is None:
         assert isinstance(out, Query), "not ours to answer: forwarded"
         assert out.qname == key and out.qtype == qtype and out.qclass == qclass
         event("forwarded")
+        return
+    # Owned: never forwarded for another class (REFUSED); class ANY gets IN data, no AA.
+    known = kind == "reverse" or bool(v4s or v6s)
+    if qclass not in (1, 255):
+        assert isinstance(out, Local) and out.source == SOURCE_LOCAL
+        assert dns.message.from_wire(out.reply).rcode() == dns.rcode.REFUSED
+        event("other class refused")
+        return
+    if not known and when_unknown == "forward":
+        assert isinstance(out, Query), "a service without addresses follows when_unknown"
+        event("unknown forwarded")
         return
     assert isinstance(out, Local)
     reply = dns.message.from_wire(out.reply)
@@ -148,7 +178,8 @@ def test_every_reply_matches_the_table(table_spec, data):
         event("refused")
         return
     assert out.source == SOURCE_OWNED
-    assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert bool(reply.flags & dns.flags.AA) == (qclass == 1)
     limit = (max(msg.payload, 512) if msg.opt is not None else 512) if proto == "udp" else 65535
     if reply.flags & dns.flags.TC:
         assert proto == "udp"
@@ -159,18 +190,36 @@ def test_every_reply_matches_the_table(table_spec, data):
         event("truncated")
         return
     assert len(out.reply) <= limit
-    if qtype in (dns.rdatatype.A, dns.rdatatype.ANY) and v4s:
+    if qtype == dns.rdatatype.ANY:  # RFC 8482 §4.2: one RRset, the addresses first
+        qtype = (
+            dns.rdatatype.A
+            if v4s
+            else dns.rdatatype.AAAA
+            if v6s
+            else dns.rdatatype.PTR
+            if kind == "reverse"
+            else qtype
+        )
+    if qtype == dns.rdatatype.A and v4s:
         want, rdtype = v4s, dns.rdatatype.A
     elif qtype == dns.rdatatype.AAAA and v6s:
         want, rdtype = v6s, dns.rdatatype.AAAA
-    else:  # NODATA: the owned name's own SOA in authority (RFC 2308 §2.2), never NXDOMAIN
-        assert reply.answer == []
-        (soa,) = reply.authority
+    elif qtype == dns.rdatatype.PTR and kind == "reverse":
+        (rrset,) = reply.answer
+        assert rrset.rdtype == dns.rdatatype.PTR and rrset.name == qname and rrset.ttl == ttl
+        (rd,) = rrset
+        assert rd.target == dns.name.from_text(next(iter(domains[service])).lower())
+        event("ptr")
+        return
+    else:  # the name's own SOA: as the answer to SOA, else in authority (NODATA, RFC 2308 §2.2)
+        section = reply.answer if qtype == dns.rdatatype.SOA else reply.authority
+        assert (reply.answer if section is reply.authority else reply.authority) == []
+        (soa,) = section
         assert soa.rdtype == dns.rdatatype.SOA and soa.name == qname and soa.ttl == ttl
         (rd,) = soa
         assert rd.mname == qname and rd.rname == dns.name.Name([b"hostmaster", *qname.labels])
         assert (rd.serial, rd.minimum) == (serial, ttl)
-        event("nodata")
+        event("soa" if qtype == dns.rdatatype.SOA else "nodata")
         return
     assert reply.authority == []
     (rrset,) = reply.answer
@@ -199,3 +248,39 @@ def test_fast_path_gives_the_full_paths_answer(table_spec, data):
     assert fast == full.reply  # both start at the first rotation
     fast_msg = dns.message.from_wire(fast)
     assert fast_msg.id == msg.id and fast_msg.flags & dns.flags.AA
+
+
+@given(tables(), st.data())
+def test_reverse_names_with_answers_ptr(table_spec, data):
+    """answers.ptr: a served address's reverse name answers PTR with its service's first
+    domain (the first service in config order, when two serve it); others are forwarded."""
+    domains, addresses, ttl, serial = table_spec
+    table = build_table(domains, addresses, ttl, serial=serial, ptr=True)
+    served = [ip for a in addresses.values() for ip in (*a.v4, *a.v6)]
+    ip = data.draw(st.sampled_from(served) if served else v4)
+    if data.draw(st.booleans()):
+        ip = data.draw(v4 | v6)  # most likely not served
+    name = random_case(data.draw, ipaddress.ip_address(ip).reverse_pointer)
+    wire = dns.message.make_query(name, "PTR", use_edns=False).to_wire()
+    out = Resolver(table, "servfail", Stats()).resolve(wire, "tcp")
+    ip = str(ipaddress.ip_address(ip))
+    owner = next(
+        (
+            s
+            for s, a in ((s, addresses.get(s, Addresses())) for s in domains)
+            if ip in {str(ipaddress.ip_address(x)) for x in (*a.v4, *a.v6)}
+        ),
+        None,
+    )
+    if owner is None:
+        assert isinstance(out, Query)
+        event("reverse not served: forwarded")
+        return
+    assert isinstance(out, Local) and out.source == SOURCE_OWNED
+    reply = dns.message.from_wire(out.reply)
+    (rrset,) = reply.answer
+    assert rrset.rdtype == dns.rdatatype.PTR and rrset.ttl == ttl
+    assert str(rrset.name) == name + "."
+    (rd,) = rrset
+    assert rd.target == dns.name.from_text(domains[owner][0].lower())
+    event("ptr")
