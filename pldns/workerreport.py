@@ -72,6 +72,7 @@ def merge_stats(parts: list[Stats]) -> Stats:
         out.requests.update(st.requests)
         out.responses.update(st.responses)
         out.dropped.update(st.dropped)
+        out.chains.update(st.chains)
         for source, hist in st.duration.items():
             _merge_hist(out.duration.setdefault(source, Histogram()), hist)
         out.rejected_inflight += st.rejected_inflight

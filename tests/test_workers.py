@@ -235,6 +235,28 @@ def test_workers_key() -> None:
     assert worker_count(0) == len(os.sched_getaffinity(0))
 
 
+def test_every_plain_counter_of_stats_is_merged() -> None:
+    """A counter added to Stats later must not read 0 under workers."""
+    from collections import Counter
+    from dataclasses import fields
+
+    parts = [Stats(), Stats()]
+    for st in parts:
+        for f in fields(Stats):
+            value = getattr(st, f.name)
+            if isinstance(value, Counter):
+                value[("k",)] += 1
+            elif type(value) is int:
+                setattr(st, f.name, 1)
+    merged = merge_stats(parts)
+    for f in fields(Stats):
+        value = getattr(merged, f.name)
+        if isinstance(value, Counter):
+            assert value == {("k",): 2}, f.name
+        elif type(value) is int:
+            assert value == 2, f.name
+
+
 def test_counts_add_up_and_health_is_the_worst() -> None:
     a, b = Stats(), Stats()
     a.requests[("udp", "A")] += 3
