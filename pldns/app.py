@@ -186,9 +186,20 @@ class App:
             ", ".join(str(a) for a in self.config.listen),
             ", ".join(str(u) for u in self.upstreams),
             len(self.resolver.table.names),
-            self.sync_state.origin or "static",
+            self._origin_text(),
         )
         self._start_sync()
+
+    def _origin_text(self) -> str:
+        """Where the served addresses come from; before the first sync, say so (not "static")."""
+        origin = self.sync_state.origin or "static"
+        source = self.config.sync.source
+        if source != "static" and origin == "static":
+            return (
+                f"no {source} data yet: answers.when_unknown "
+                f"({self.config.answers.when_unknown}) until the first sync"
+            )
+        return origin
 
     async def _start_serving(self) -> None:
         await self.forwarder.open()

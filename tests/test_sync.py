@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -349,6 +350,21 @@ def test_corrupt_snapshot_at_start_is_reported_and_not_overwritten_by_empty(
     assert h.round()
     assert path.read_bytes().startswith(b'{"format": "pldns-snapshot", "version": 1, "serv')
     assert h.state.snapshot_writes == 0
+
+
+def test_first_start_without_a_snapshot_is_no_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No file yet is the normal first start: said at info level, not counted as an error."""
+    path = tmp_path / "snap.json"
+    h = Harness(FakeSource(SourceResult({"eci": addrs("10.0.0.1")})), sinks=[FileSink(str(path))])
+    with caplog.at_level(logging.INFO, logger="pldns.sync"):
+        assert h.syncer.load_snapshot(str(path)) is False
+    assert h.state.snapshot_errors == 0
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, f"no snapshot at {path} yet: it is written after the first good sync")
+    ]
+    assert h.round() and read(path).services["eci"].v4 == ("10.0.0.1",)
 
 
 def test_good_snapshot_at_start_is_served_then_replaced_by_the_source(tmp_path: Path) -> None:

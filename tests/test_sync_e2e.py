@@ -775,3 +775,18 @@ def test_no_credentials_is_one_line_with_what_to_do(
     )
     assert len(err.strip().splitlines()) <= 3, err  # sync: its start line, the error, the result
     assert emu.count() == 0  # nothing was sent without credentials
+
+
+def test_first_start_says_it_waits_for_the_first_sync(run: Pldns, emu: OpenApiEmulator) -> None:
+    """Before any sync, `serve` says it has no synced data yet (not "(static)"), and a snapshot
+    file that does not exist yet is no warning: that is every first start."""
+    snapshot = run.tmp / "state" / "snapshot.json"
+    snapshot.parent.mkdir()
+    cfg = config(emu, sync={"snapshot": str(snapshot)}, answers={"when_unknown": "forward"})
+    proc = run.serve("first", cfg, credentials=False)
+    serving = next(line for line in proc.err().splitlines() if "serving on" in line)
+    assert serving.endswith(
+        "(no privatelink data yet: answers.when_unknown (forward) until the first sync)"
+    ), serving
+    assert f"INFO pldns.sync: no snapshot at {snapshot} yet" in proc.err()
+    assert "WARNING" not in proc.err().split("serving on")[0], proc.err()

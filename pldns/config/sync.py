@@ -109,20 +109,34 @@ def parse_sync(s: Section) -> Sync:
     return sync
 
 
+SECRET_KEYS = (
+    "access_key_id",
+    "access_key_secret",
+    "secret",
+    "access_key",
+    "security_token",
+    "accesskeyid",
+    "accesskeysecret",
+)
+
+
 def parse_privatelink(s: Section, region: str) -> PrivateLink:
     creds = s.section("credentials")
     credentials = Credentials(
         profile=creds.string("profile", ""),
         file=creds.string("file", ""),
     )
-    for key in ("access_key_id", "access_key_secret", "secret", "access_key"):
-        if creds.has(key):
-            creds.seen.add(key)
-            creds.problems.add(
-                join(creds.path, key),
-                "secrets do not belong in the config: use the credentials chain "
-                "(environment, RRSA, credentials file; see README)",
-            )
+    # A secret under privatelink.credentials or straight under privatelink: the same message,
+    # never "unknown key" (which would invite a fix that keeps the secret in the file).
+    for section in (creds, s):
+        for key in SECRET_KEYS:
+            if section.has(key):
+                section.seen.add(key)
+                section.problems.add(
+                    join(section.path, key),
+                    "secrets do not belong in the config: use the credentials chain "
+                    "(environment, RRSA, credentials file; see README)",
+                )
     creds.close()
     pl = PrivateLink(
         vpc_id=s.string("vpc_id", ""),

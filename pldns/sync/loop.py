@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -145,6 +146,9 @@ class Syncer:
 
     def load_snapshot(self, path: str) -> bool:
         """Serve from the last-known-good file at start; a bad file is reported, never fatal."""
+        if not os.path.lexists(path):  # the first start: nothing to warn about
+            log.info("no snapshot at %s yet: it is written after the first good sync", path)
+            return False
         try:
             snap = read(path)
             self.check_region(snap, path)
