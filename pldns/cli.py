@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check", help="validate a config and show what would be served")
     check.add_argument("--config", "-c", required=True, help="YAML config file")
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="warnings (placeholders, documentation addresses) are errors: exit 2",
+    )
     sync = sub.add_parser("sync", help="run the PrivateLink sync alone and publish the snapshot")
     sync.add_argument("--config", "-c", required=True, help="YAML config file")
     sync.add_argument("--once", action="store_true", help="one round, print the table, exit")
@@ -72,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pldns {__version__}")
         return 0
     if args.command == "check":
-        return _check(args.config)
+        return _check(args.config, args.strict)
     if args.command in ("sync", "discover"):
         return _cloud(args)
     if args.command == "status":
@@ -168,16 +173,36 @@ def _load(path: str, upstreams: bool = True) -> Config | None:
         return None
 
 
-def _check(path: str) -> int:
+def _warnings(path: str) -> list[str]:
+    """Placeholders and documentation addresses in the file (pldns/config/warnings.py)."""
+    import yaml
+
+    from pldns.config.warnings import config_warnings
+
+    try:
+        return config_warnings(yaml.safe_load(Path(path).read_text()))
+    except (OSError, yaml.YAMLError):
+        return []  # the loader has said what is wrong with the file
+
+
+def _check(path: str, strict: bool = False) -> int:
     config = _load(path)
     if config is None:
+        return EXIT_CONFIG
+    warnings = _warnings(path)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if warnings and strict:
+        print(f"pldns: {path}: {len(warnings)} warning(s), and --strict", file=sys.stderr)
         return EXIT_CONFIG
     upstreams = upstream_addresses(config)
     print(f"config {path}: OK")
     print(f"  region     {config.region}")
     print(f"  listen     {', '.join(str(a) for a in config.listen)} (UDP and TCP)")
     print(f"  upstreams  {', '.join(str(u) for u in upstreams)}")
-    print(f"  allow      {', '.join(config.allow)} (others: {config.deny})")
+    print(
+        f"  allow      {', '.join(config.allow)} and the listen addresses (others: {config.deny})"
+    )
     print(f"  answers    ttl {config.answers.ttl}s, unknown names: {config.answers.when_unknown}")
     for service in config.services:
         ips = ", ".join(service.static) or f"none yet ({config.answers.when_unknown})"
@@ -200,6 +225,8 @@ def _serve(path: str, level: str | None) -> int:
     if config is None:
         return EXIT_CONFIG
     logs.setup(level or config.log.level, config.log.format)
+    for warning in _warnings(path):
+        logging.getLogger("pldns").warning("config: %s", warning)
     _install_loop()
     return asyncio.run(_run(config, path))
 
