@@ -98,3 +98,21 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     _, test = _top_commands()
     lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test in lines, f".ci/run does not run the README's test command {test!r}"
+
+
+def test_deploy_readme_paths_are_relative_to_the_repository_root() -> None:
+    """deploy/README.md names files from the repository root, and they exist."""
+    text = (ROOT / "deploy" / "README.md").read_text()
+    tokens = {t for span in re.findall(r"`([^`\n]+)`", text) for t in span.split()}
+    tokens |= set(re.findall(r"(?<=\s)((?:deploy|kubernetes|systemd|monitoring)/\S+)", text))
+    relative = sorted(
+        t for t in tokens
+        if t.startswith(("../", "kubernetes/", "systemd/", "container/", "coredns/", "monitoring/", "base/"))
+    )  # fmt: skip
+    relative = [t for t in relative if "#" not in t]  # kubernetes/kubernetes#56374: an issue
+    assert not relative, f"paths relative to deploy/ (write deploy/...): {relative}"
+    for token in sorted(t for t in tokens if t.startswith("deploy/")):
+        path = token.rstrip(".,:;)`'\"")
+        if any(c in path for c in "<{*"):
+            path = re.split(r"[<{*]", path)[0].rsplit("/", 1)[0]
+        assert (ROOT / path).exists(), f"deploy/README.md names {token}, which does not exist"
