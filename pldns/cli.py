@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pldns import __version__, logs
+from pldns import __version__, gctune, logs
 from pldns.config import Config, load_config
 from pldns.config.resolvconf import upstream_addresses
 from pldns.config.schema import ConfigError
@@ -250,4 +250,5 @@ async def _run(config: Config, path: str) -> int:
     except ConfigError as err:
         logging.getLogger("pldns").error("invalid config: %s", "; ".join(err.problems))
         return EXIT_CONFIG
+    gctune.tune()
     return await Supervisor(app).run()

@@ -16,7 +16,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from pldns import logs
+from pldns import gctune, logs
 from pldns.app import App
 from pldns.config import Config
 from pldns.config.schema import ConfigError
@@ -77,6 +77,7 @@ async def serve(sock: socket.socket, init: tuple[Any, ...]) -> int:
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         return 1
+    gctune.tune()
     writer.write(encode(("started", None)))
     reporter = asyncio.get_running_loop().create_task(_report(app, writer))
     drain: float | None = None

@@ -31,7 +31,10 @@ class UdpListener(asyncio.DatagramProtocol):
         if transport is None:
             return
         try:
-            self.frontend.handle(data, addr[0], "udp", lambda reply: transport.sendto(reply, addr))
+            frontend = self.frontend
+            if frontend.answer_udp_fast(data, addr, transport.sendto):
+                return
+            frontend.handle(data, addr[0], "udp", lambda reply: transport.sendto(reply, addr))
         except Exception:  # never let one packet take the listener down
             log.exception("UDP query handling failed")
 
