@@ -320,10 +320,12 @@ def test_a_reload_that_owns_a_name_drops_its_cached_entries(pldns, upstream) -> 
     upstream.answer(name, WWW_IP)
     upstream.answer(WWW, WWW_IP)
     server, _ = start(pldns)
-    ask(server, name)
+    for _ in range(3):  # hits: the exact query bytes are remembered for the fast path
+        ask(server, name)
     ask(server, name, "AAAA")
     ask(server, WWW)
     assert len(server.app.cache) == 3
+    assert len(server.app.frontend.cache.raw) == 1
     config = server.app.config
     raw = merge(
         base_config(server.host, server.port, [upstream.address]),
@@ -385,6 +387,28 @@ def test_flush_over_http_and_the_cli(tmp_path, upstream: FakeUpstream) -> None:
         assert unreachable.returncode == 2
     finally:
         server.check_clean_exit()
+
+
+def test_repeated_query_bytes_take_the_fast_path_with_the_same_answer(pldns, upstream) -> None:
+    upstream.answer(WWW, WWW_IP)
+    server, clock = start(pldns, cache={"prefetch": 2})
+    q = clients.make_query(WWW, "A", use_edns=0)
+    wires = []
+    for i in range(5):
+        q.id = 100 + i
+        wire = clients.raw_udp(server.addr, q.to_wire(), timeout=5.0)
+        assert wire is not None and wire[:2] == q.id.to_bytes(2, "big")
+        wires.append(wire)
+        clock.now += 1
+    assert len(server.app.frontend.cache.raw) == 1
+    assert all(clients.a_records(dns.message.from_wire(w)) == {WWW_IP} for w in wires)
+    assert [dns.message.from_wire(w).answer[0].ttl for w in wires] == [60, 59, 58, 57, 56]
+    assert wait_until(lambda: server.app.stats.requests[("udp", "A")] == 5)
+    clock.now = 1000 + 55  # due for a prefetch: the fast path starts it too
+    q.id = 200
+    assert clients.raw_udp(server.addr, q.to_wire(), timeout=5.0) is not None
+    assert len(upstream.wait_for(2, WWW)) == 2
+    assert server.app.cache.prefetches["success"] == 1
 
 
 def test_disabled_cache_forwards_every_query(pldns, upstream) -> None:

@@ -216,7 +216,8 @@ class PacketCache:
     def lookup(
         self, key: bytes, data: bytes, qend: int, now: float
     ) -> tuple[bytes | None, Entry | None]:
-        """(reply, entry) for a fresh entry; (None, entry) for a stale one within the
+        """(reply, None) for a fresh entry, (reply, entry) when it is also due for a prefetch
+        (popular, in the last 10 % of its life); (None, entry) for a stale entry within the
         window; (None, None) when there is nothing usable.
 
         The reply is `data`'s ID and question on the stored answer, each TTL the time left.
@@ -232,14 +233,23 @@ class PacketCache:
                 self._remove(key, entry)
                 return None, None
             return None, entry
-        if entry.hits >= 0:
-            entry.hits += 1
+        hits = entry.hits
+        if hits >= 0:
+            hits = entry.hits = hits + 1
         self.hits[KINDS[kind]] += 1
         age = int(now - expires + lifetime)
         if age != age_written:
             b = entry.blob = _age(b, age, tail, expires, lifetime, kind)
         n = (b[0] << 8) | b[1]
-        return data[:2] + b[2:HEADER_LEN] + data[HEADER_LEN:qend] + b[HEADER_LEN:n], entry
+        reply = data[:2] + b[2:HEADER_LEN] + data[HEADER_LEN:qend] + b[HEADER_LEN:n]
+        threshold = self.settings.prefetch
+        if (
+            0 < threshold <= hits
+            and kind != _SERVFAIL
+            and now >= expires - lifetime * PREFETCH_FRACTION
+        ):
+            return reply, entry
+        return reply, None
 
     def answer_stale(self, entry: Entry, data: bytes, qend: int) -> bytes:
         """An expired entry as the reply to `data`, every TTL stale_ttl (RFC 8767 §4)."""

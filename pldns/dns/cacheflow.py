@@ -31,6 +31,7 @@ from pldns.dns.answer import SOURCE_CACHE, SOURCE_LOCAL, SOURCE_UPSTREAM
 from pldns.dns.cache import KIND_SERVFAIL, KINDS, Entry, PacketCache, cache_key
 from pldns.dns.cname import CNAME_IN
 from pldns.dns.rcode import REFUSED, SERVFAIL, DnsError
+from pldns.dns.stats import QTYPE_LABELS
 from pldns.dns.wire import HEADER_LEN, TCP_MAX, UDP_MIN, Query, build_error, truncate, udp_limit
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pldns.cache")
 
 MAX_WAITERS = 1000  # clients waiting on one flight; more are forwarded on their own
+RAW_MAX = 10_000  # popular query byte strings remembered for the fast path
 
 Waiter = tuple["Exchange", Query, int]  # the exchange, its query, its reply size limit
 
@@ -66,6 +68,34 @@ class CacheFlow:
         self.cache = cache
         self.clock = clock
         self.flights: dict[bytes, Flight] = {}
+        self.raw: dict[bytes, tuple[bytes, Query, str]] = {}  # query bytes -> key, query, label
+        self._table = frontend.resolver.table  # the table `raw` was filled under
+
+    def fast(self, ex: Exchange) -> bool:
+        """Answer a query whose bytes (after the ID) were seen hit before, without scanning it.
+
+        `raw` maps those bytes to the key and the scanned query; it is filled on hits only
+        (popular queries), emptied when full or when the owned-name table changes (an owned
+        name must never come from the cache).
+        """
+        data = ex.data
+        hit = self.raw.get(data[2:])
+        if hit is None:
+            return False
+        fe = self.fe
+        if fe.resolver.table is not self._table:
+            self.raw.clear()
+            return False
+        key, q, label = hit
+        now = self.clock()
+        reply, entry = self.cache.lookup(key, data, q.qend, now)
+        if reply is None:
+            return False  # expired: the full path decides (stale, coalescing, forwarding)
+        fe.stats.requests[(ex.proto, label)] += 1
+        self._send(ex, q, reply)
+        if entry is not None:
+            self._prefetch(key, data, q, entry, now)
+        return True
 
     def handle(self, ex: Exchange, q: Query) -> bool:
         """True if the cache took the query (answered it, or it waits on a flight)."""
@@ -79,10 +109,17 @@ class CacheFlow:
         cache = self.cache
         now = self.clock()
         reply, entry = cache.lookup(key, data, q.qend, now)
-        if reply is not None and entry is not None:
+        if reply is not None:
             self._send(ex, q, reply)
-            if entry.hits >= cache.settings.prefetch > 0:
+            if entry is not None:
                 self._prefetch(key, data, q, entry, now)
+            raw = self.raw
+            if fe.resolver.table is not self._table:
+                raw.clear()
+                self._table = fe.resolver.table
+            if len(raw) >= RAW_MAX:
+                raw.clear()
+            raw[data[2:]] = (key, q, QTYPE_LABELS.get(q.qtype, "other"))
             return True
         cache.misses += 1
         # `entry` is now None or stale (expired less than stale_window ago).
@@ -108,7 +145,7 @@ class CacheFlow:
     def _prefetch(self, key: bytes, data: bytes, q: Query, entry: Entry, now: float) -> None:
         """Refresh a popular entry in the last 10 % of its life in the background, once."""
         cache = self.cache
-        if not cache.wants_prefetch(entry, now) or key in self.flights:
+        if key in self.flights:
             return
         if self._start(key, data, q, None, False):
             entry.hits = -1

@@ -84,6 +84,8 @@ class Frontend:
         if reply is not None:
             self._reply(ex, reply, SOURCE_OWNED)
             return True
+        if self.cache is not None and self.cache.raw and self.cache.fast(ex):
+            return True  # a repeated query answered from the cache without a scan
         try:
             result = self.resolver.resolve(data, proto)
         except Drop as drop:
