@@ -73,7 +73,9 @@ def encode(snapshot: Snapshot) -> bytes:
         "region": snapshot.region,
         "services": services,
     }
-    return (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode()
+    # Compact (no indentation): the ConfigMap holding it must stay far under etcd's 1 MiB at
+    # a thousand endpoints; `jq .` shows it indented.
+    return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
 
 
 def decode(raw: bytes, origin: str = "snapshot") -> Snapshot:
