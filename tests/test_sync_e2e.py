@@ -49,6 +49,10 @@ INTERVAL = 1.0  # the smallest sync.interval the config accepts
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 WRONG_SECRET = "wrong-secret-Xk29vQ"
+# How long to wait for something that takes a second or two on an idle machine: generous,
+# because the machine running the suite may be busy (a slow run must not fail; a stuck one
+# still does).
+LOADED_CAP = 20.0
 
 # ---------------------------------------------------------------------------------------
 # Shared helpers: processes, configs, DNS queries
@@ -420,14 +424,15 @@ def test_serve_follows_changes_removals_and_new_endpoints(run: Pldns, emu: OpenA
     assert ask(addr, ECS_NAME) == SERVFAIL  # no endpoint matches yet: when_unknown
 
     emu.set_zone("ep-eci", f"{REGION}-h", eni_ip="10.0.0.9")
-    took = wait_answer(addr, ECI_NAME, ok("10.0.0.9", "10.0.0.2"), proc=proc)
-    assert took < 2 * INTERVAL + 1.5, took  # within ~2 intervals
+    # Picked up by a later round (one a second). The cap is for a loaded machine, not the
+    # behaviour: what would fail it is a loop that stopped polling, not a slow one.
+    wait_answer(addr, ECI_NAME, ok("10.0.0.9", "10.0.0.2"), proc=proc, timeout=LOADED_CAP)
 
     emu.remove_endpoint("ep-vpc")
     # Kept for sync.keep_rounds good rounds (the endpoint may be Updating), then dropped.
-    wait_until(lambda: status(cfg)["sync"]["held"].get("vpc"), 6, "vpc held")
-    assert ask(addr, VPC_NAME) == ok("10.0.1.1")
-    wait_answer(addr, VPC_NAME, SERVFAIL, proc=proc, timeout=10)
+    wait_until(lambda: status(cfg)["sync"]["held"].get("vpc"), LOADED_CAP, "vpc held")
+    assert ask(addr, VPC_NAME, timeout=5) == ok("10.0.1.1")
+    wait_answer(addr, VPC_NAME, SERVFAIL, proc=proc, timeout=LOADED_CAP)
     assert "keeping its 1 previous addresses (round 2 of 2" in proc.log()
 
     emu.add_endpoint(
@@ -456,13 +461,22 @@ def test_outage_keeps_answering_and_recovers(run: Pldns, emu: OpenApiEmulator) -
     wait_answer(addr, VPC_NAME, ok("10.0.1.1"), proc=proc)
 
     emu.stop()
-    outage = 6.0  # >= 6 sync intervals (failed rounds retry every interval here)
+    # Ask throughout an outage of at least 4 failed rounds (and at least 6 s, 20 queries).
+    # A query gets 3 s: a late reply on a loaded machine is not the failure this looks for
+    # (that is SERVFAIL, NXDOMAIN or no reply at all).
     answers: list[Answer] = []
     names = [(ECI_NAME, ok(*ECI_IPS)), (VPC_NAME, ok("10.0.1.1"))]
-    end = time.monotonic() + outage
-    while time.monotonic() < end:
+    end = time.monotonic() + 6.0
+    cap = time.monotonic() + LOADED_CAP
+
+    def failed_rounds() -> int:
+        return int(status(cfg)["sync"]["consecutive_failures"])
+
+    while time.monotonic() < cap and (
+        time.monotonic() < end or len(answers) < 20 or failed_rounds() < 4
+    ):
         name, _ = names[len(answers) % 2]
-        answers.append(ask(addr, name, timeout=1.0))
+        answers.append(ask(addr, name, timeout=3.0))
         time.sleep(0.1)
     bad = [(i, a) for i, a in enumerate(answers) if a != names[i % 2][1]]
     assert not bad, f"{len(bad)} of {len(answers)} queries failed during the outage: {bad[:5]}"
@@ -475,7 +489,7 @@ def test_outage_keeps_answering_and_recovers(run: Pldns, emu: OpenApiEmulator) -
     emu.set_zone("ep-vpc", f"{REGION}-h", eni_ip="10.0.1.99")
     emu.start()  # the same port again
     wait_answer(addr, VPC_NAME, ok("10.0.1.99"), proc=proc)
-    wait_until(lambda: status(cfg)["sync"]["consecutive_failures"] == 0, 3, "recovery")
+    wait_until(lambda: status(cfg)["sync"]["consecutive_failures"] == 0, LOADED_CAP, "recovery")
     assert "sync recovered after" in proc.err()
     assert proc.stop() == 0
 
@@ -493,7 +507,7 @@ def test_restart_during_outage_serves_the_snapshot(
     addr = dns_addr(cfg)
     first = run.serve("first", cfg)
     wait_answer(addr, ECI_NAME, ok(*ECI_IPS), proc=first)
-    wait_until(snap.exists, 3, "the snapshot")
+    wait_until(snap.exists, LOADED_CAP, "the snapshot")
     saved = read(snap)
     assert saved.services["eci"].v4 == ("10.0.0.1", "10.0.0.2")
     assert saved.services["vpc"].v4 == ("10.0.1.1",)
@@ -501,12 +515,13 @@ def test_restart_during_outage_serves_the_snapshot(
 
     emu.stop()
     second = run.serve("second", cfg)
-    started = time.monotonic()
-    assert ask(addr, ECI_NAME, timeout=1.0) == ok(*ECI_IPS)  # the very first query
-    assert time.monotonic() - started < 1.0
+    # The very first query is answered with the snapshot's addresses. No sync round can
+    # have succeeded (the API is down), so that answer can only come from the snapshot: the
+    # proof of "at once" is the event, not a stopwatch (3 s is only for a loaded machine).
+    assert ask(addr, ECI_NAME, timeout=3.0) == ok(*ECI_IPS)
     assert ask(addr, VPC_NAME) == ok("10.0.1.1") and ask(addr, ECI_NAME, "AAAA") == ok("fd00::2")
     assert "serving from snapshot" in second.err()
-    wait_until(lambda: status(cfg)["sync"]["failures"].get("network"), 3 * INTERVAL, "a failure")
+    wait_until(lambda: status(cfg)["sync"]["failures"].get("network"), LOADED_CAP, "a failure")
     assert status(cfg)["sync"]["origin"] == "snapshot"
     readyz = f"http://{cfg['http']['listen']}/readyz"
     with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(readyz, timeout=2) as r:
@@ -527,32 +542,32 @@ def test_throttling_backs_off_to_retry_after(run: Pldns, emu: OpenApiEmulator) -
     proc = run.serve("serve", cfg)
     wait_answer(addr, ECI_NAME, ok(*ECI_IPS), proc=proc)
 
-    # Watch the emulator's call log, stamping each call when it is first seen.
-    stamps: list[float] = []
-
+    # The emulator stamps each call when it answers it (time.monotonic(), this process):
+    # the gaps below are measured where the calls happen, not where a busy test sees them.
     def watch(seconds: float, until: Callable[[], bool] = lambda: False) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end and not until():
-            n = len(emu.calls)
-            stamps.extend([time.monotonic()] * (n - len(stamps)))
-            assert ask(addr, ECI_NAME, timeout=1.0) == ok(*ECI_IPS)  # never breaks
+            assert ask(addr, ECI_NAME, timeout=3.0) == ok(*ECI_IPS)  # never breaks
             time.sleep(0.02)
 
     emu.reset_calls()
+    started = time.monotonic()
     watch(2.0)
-    normal = len(stamps)
-    assert normal >= 5, emu.calls  # a round is 3 pages + 2 zone lists, one round a second
+    watch(LOADED_CAP, until=lambda: emu.count() >= 5)  # a slow machine: at least one round
+    # Calls per 2 s without throttling: a round is 3 pages + 2 zone lists, one a second.
+    normal = emu.count() * 2.0 / (time.monotonic() - started)
+    assert emu.count() >= 5, emu.calls
 
     emu.reset_calls()
-    stamps.clear()
     emu.inject("throttle", count=3, action="ListVpcEndpoints", retry_after=2000)
 
     def recovered() -> bool:  # three throttled calls, then a ListVpcEndpoints that worked
-        statuses = [c.status for c in emu.calls if c.action == "ListVpcEndpoints"]
+        statuses = [c.status for c in list(emu.calls) if c.action == "ListVpcEndpoints"]
         return statuses.count(400) >= 3 and statuses[-1] == 200
 
-    watch(12.0, until=recovered)
-    calls = list(emu.calls)[: len(stamps)]
+    watch(LOADED_CAP, until=recovered)
+    assert recovered(), emu.calls
+    calls, stamps = list(emu.calls), list(emu.call_times)
     throttled = [i for i, c in enumerate(calls) if c.status == 400]
     assert len(throttled) == 3, calls
     assert all(calls[i].action == "ListVpcEndpoints" for i in throttled)
@@ -561,7 +576,8 @@ def test_throttling_backs_off_to_retry_after(run: Pldns, emu: OpenApiEmulator) -
     assert len(window) <= 3, (len(window), calls)  # vs `normal` calls in 2 s without throttle
     assert len(window) < normal / 2
     gaps = [stamps[b] - stamps[a] for a, b in itertools.pairwise(throttled)]
-    assert all(gap >= 1.8 for gap in gaps), gaps  # retry_after (2 s) is the floor
+    # retry_after (2 s) is a floor: a lower bound, so load can only make the gaps longer.
+    assert all(gap >= 1.8 for gap in gaps), gaps
     sync = status(cfg)["sync"]
     assert sync["failures"]["throttled"] == 3
     assert ask(addr, ECI_NAME) == ok(*ECI_IPS)

@@ -122,6 +122,7 @@ class OpenApiEmulator(CloudState):
         }
         self.verify_signatures = True
         self.calls: list[Call] = []
+        self.call_times: list[float] = []  # time.monotonic() when each call was answered
         self.faults = FaultPlan()
         self._nonces: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._server: _Server | None = None
@@ -213,6 +214,7 @@ class OpenApiEmulator(CloudState):
     def reset_calls(self) -> None:
         with self._lock:
             self.calls.clear()
+            self.call_times.clear()
 
     def wait_for_calls(self, n: int, action: str | None = None, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -316,6 +318,7 @@ class OpenApiEmulator(CloudState):
     def _record(self, action: str, params: dict[str, str], status: int | None) -> None:
         with self._lock:
             self.calls.append(Call(action, params, status))
+            self.call_times.append(time.monotonic())
 
     @staticmethod
     def _reset(h: _Handler) -> None:
