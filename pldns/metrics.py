@@ -51,6 +51,10 @@ INFO = "info"
 SOURCES = (SOURCE_OWNED, SOURCE_UPSTREAM, SOURCE_CACHE, SOURCE_LOCAL)
 FORWARD_FAILURE_REASONS = ("timeout", "error", "servfail", "refused")
 DROP_REASONS = ("runt", "response", "acl")
+TCP_CLOSE_REASONS = ("idle", "slow", "unread", "acl")
+TRUNCATION_REASONS = ("size", "tcp_failed")
+TRANSPORTS = ("udp", "tcp")
+PROBE_RESULTS = ("ok", "fail")
 RELOAD_RESULTS = ("success", "failure")
 
 # name -> (type, help). The order is the order of docs/metrics.md and the README table.
@@ -83,6 +87,16 @@ METRICS: dict[str, tuple[str, str]] = {
         "TCP connections closed at once because tcp.max_connections were open.",
     ),
     "pldns_tcp_open_connections": (GAUGE, "TCP connections open right now."),
+    "pldns_tcp_closed_total": (
+        COUNTER,
+        "TCP client connections pldns closed, by reason (idle, slow: a query took longer than "
+        "tcp.query_timeout to arrive, unread: replies left unread, acl: client not allowed).",
+    ),
+    "pldns_dns_truncated_total": (
+        COUNTER,
+        "Forwarded replies sent with TC=1, by reason (size: over the client's limit or "
+        "forward.max_udp_size, tcp_failed: truncated upstream and TCP got nowhere).",
+    ),
     "pldns_forward_requests_total": (
         COUNTER,
         "Queries sent to each upstream (UDP attempts and TCP retries).",
@@ -98,7 +112,24 @@ METRICS: dict[str, tuple[str, str]] = {
     ),
     "pldns_forward_healthy": (
         GAUGE,
-        "1 if the upstream is in rotation, 0 while it is backed off after repeated failures.",
+        "1 if the upstream is in rotation over UDP, 0 while it is down (forward.max_fails "
+        "timeouts or errors in a row) and being probed.",
+    ),
+    "pldns_forward_tcp_healthy": (
+        GAUGE,
+        "1 if the upstream is in rotation over TCP, 0 while its TCP is down and being probed.",
+    ),
+    "pldns_forward_probes_total": (
+        COUNTER,
+        "Health probes (. IN NS) sent to down upstreams, by transport and result (ok, fail).",
+    ),
+    "pldns_forward_last_probe_timestamp_seconds": (
+        GAUGE,
+        "Unix time of the upstream's last probe result (0 if never probed).",
+    ),
+    "pldns_forward_tcp_connections_total": (
+        COUNTER,
+        "TCP connections opened to the upstream (pooled and reused, RFC 7766).",
     ),
     "pldns_cache_entries": (GAUGE, "Replies in the packet cache, by kind."),
     "pldns_cache_hits_total": (COUNTER, "Queries answered from a fresh cache entry, by kind."),
@@ -243,12 +274,24 @@ class AppCollector(Collector):
         yield _counter("pldns_tcp_connections_total", value=stats.tcp_connections)
         yield _counter("pldns_tcp_rejected_total", value=stats.tcp_rejected)
         yield _gauge("pldns_tcp_open_connections", app.open_connections())
+        closed = _counter("pldns_tcp_closed_total", ["reason"])
+        for reason in _ordered(stats.tcp_closed, TCP_CLOSE_REASONS):
+            closed.add_metric([reason], stats.tcp_closed.get(reason, 0))
+        yield closed
+        truncated = _counter("pldns_dns_truncated_total", ["reason"])
+        for reason in _ordered(stats.truncated, TRUNCATION_REASONS):
+            truncated.add_metric([reason], stats.truncated.get(reason, 0))
+        yield truncated
 
     def _forward(self) -> Iterator[Metric]:
         requests = _counter("pldns_forward_requests_total", ["upstream"])
         failures = _counter("pldns_forward_failures_total", ["upstream", "reason"])
         duration = _histogram("pldns_forward_request_duration_seconds", ["upstream"])
         healthy = _gauge("pldns_forward_healthy", labels=["upstream"])
+        tcp_healthy = _gauge("pldns_forward_tcp_healthy", labels=["upstream"])
+        probes = _counter("pldns_forward_probes_total", ["upstream", "transport", "result"])
+        last_probe = _gauge("pldns_forward_last_probe_timestamp_seconds", labels=["upstream"])
+        tcp_opened = _counter("pldns_forward_tcp_connections_total", ["upstream"])
         for upstream in self.app.forwarder.upstreams:
             name = upstream.name
             st = upstream.stats
@@ -257,7 +300,14 @@ class AppCollector(Collector):
                 failures.add_metric([name, reason], st.failures.get(reason, 0))
             duration.add_metric([name], _cumulative(st.duration), st.duration.total)
             healthy.add_metric([name], 1 if st.healthy else 0)
-        yield from (requests, failures, duration, healthy)
+            tcp_healthy.add_metric([name], 1 if st.tcp_healthy else 0)
+            for transport in TRANSPORTS:
+                for result in PROBE_RESULTS:
+                    probes.add_metric([name, transport, result], st.probes[(transport, result)])
+            last_probe.add_metric([name], st.last_probe)
+            tcp_opened.add_metric([name], st.tcp_opened)
+        yield from (requests, failures, duration, healthy, tcp_healthy, probes, last_probe)
+        yield tcp_opened
 
     def _cache(self) -> Iterator[Metric]:
         cache = self.app.cache

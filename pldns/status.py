@@ -69,6 +69,9 @@ def build_status(app: App, now: float | None = None) -> dict[str, Any]:
             {
                 "name": up.name,
                 "healthy": up.stats.healthy,
+                "tcp_healthy": up.stats.tcp_healthy,
+                "last_probe": up.stats.last_probe or None,
+                "last_probe_ok": up.stats.last_probe_ok if up.stats.last_probe else None,
                 "requests": up.stats.requests,
                 "failures": dict(sorted(up.stats.failures.items())),
                 "last_error": up.last_error,
@@ -267,8 +270,13 @@ def _upstream_lines(upstreams: Sequence[Mapping[str, Any]], paint: _Paint) -> li
         failures = {k: v for k, v in (up.get("failures") or {}).items() if v}
         if failures:
             text += ", failures: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items()))
+        if up.get("tcp_healthy") is False:
+            text += paint(", TCP down", _RED)
         if up.get("last_error") and not up.get("healthy"):
             text += paint(f", last error: {up['last_error']}", _RED)
+        if up.get("last_probe"):
+            result = "ok" if up.get("last_probe_ok") else "failed"
+            text += f", last probe {result}"
         lines.append(text)
     return lines
 

@@ -120,9 +120,24 @@ def test_big_answer_over_udp_without_edns_is_truncated(pldns, upstream) -> None:
     assert {r.transport for r in upstream.queries(BIG)} == {"udp"}, "no TCP for a 512 client"
 
 
-def test_big_answer_with_edns_4096_is_fetched_over_tcp_and_sent_whole(pldns, upstream) -> None:
+def test_edns_4096_gets_at_most_max_udp_size_over_udp(pldns, upstream) -> None:
+    # A 37-byte query used to draw a 2.9 KB (up to 30 KB) UDP reply: amplification. Now the
+    # reply is capped at forward.max_udp_size (1232) whatever the client advertises: TC=1.
     upstream.big(BIG)
-    server = pldns()
+    server = pldns(in_process=True)
+    query = make_query(BIG, "TXT", use_edns=0, payload=65000)
+    reply = raw_udp(server.addr, query.to_wire(), timeout=3.0)
+    assert reply is not None and len(reply) <= 1232
+    msg = dns.message.from_wire(reply)
+    assert msg.flags & dns.flags.TC and msg.answer == []
+    assert msg.edns == 0, "our OPT stays in the truncated reply"
+    assert {r.transport for r in upstream.queries(BIG)} == {"udp"}, "no TCP fetch for it"
+    assert server.call(lambda: server.stats.inflight) == 0
+
+
+def test_big_answer_with_edns_4096_and_max_udp_size_4096_is_fetched_whole(pldns, upstream) -> None:
+    upstream.big(BIG)
+    server = pldns(forward={"max_udp_size": 4096})
     query = make_query(BIG, "TXT", use_edns=0, payload=4096)
     reply = raw_udp(server.addr, query.to_wire(), timeout=3.0)
     assert reply is not None and 1232 < len(reply) <= 4096
@@ -206,14 +221,21 @@ def test_error_reply_moves_on_to_the_next_upstream(pldns, fake_upstreams, rcode)
     assert len(bad.queries()) == 1 and len(good.queries()) == 1
 
 
-def test_error_reply_from_the_only_upstream_is_passed_on_quickly(pldns, fake_upstreams) -> None:
-    bad = fake_upstreams(default=Behaviour(rcode=dns.rcode.REFUSED))
-    server = pldns(upstreams=[bad.address], forward={"try_timeout": 1.0, "deadline": 3.0})
+@pytest.mark.parametrize("rcode", [dns.rcode.SERVFAIL, dns.rcode.REFUSED])
+def test_no_from_every_upstream_is_our_servfail_at_once(pldns, fake_upstreams, rcode) -> None:
+    # An upstream's REFUSED is about us, not the client: relaying it would tell the client
+    # that pldns refuses it (#11). When every upstream said no, the client gets SERVFAIL.
+    bad = fake_upstreams(default=Behaviour(rcode=rcode))
+    worse = fake_upstreams(default=Behaviour(rcode=dns.rcode.REFUSED))
+    server = pldns(
+        upstreams=[bad.address, worse.address], forward={"try_timeout": 1.0, "deadline": 3.0}
+    )
     start = time.monotonic()
     reply = clients.udp(server.addr, FORWARDED)
-    assert reply.rcode() == dns.rcode.REFUSED
+    assert reply.rcode() == dns.rcode.SERVFAIL
     assert time.monotonic() - start < 1.0, "an upstream's answer is not a timeout"
     assert len(bad.queries()) == 1, "an upstream that said no is not asked again"
+    assert len(worse.queries()) == 1
 
 
 # --- impostors ------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from tests.fakes.proc import OWNED, OWNED_IPS, base_config, free_port
 UPSTREAM = HostPort("127.0.0.1", 5399)  # never contacted by the unit tests
 ALLOWED_LABELS = {
     "proto", "type", "rcode", "source", "upstream", "reason", "service", "family", "result",
-    "kind", "le", "version", "python", "outcome",
+    "kind", "transport", "le", "version", "python", "outcome",
 }  # fmt: skip
 
 

@@ -56,7 +56,11 @@ def test_dig_through_pldns_gets_the_peers_answers(pldns, peer) -> None:
 
 
 def test_big_answer_from_the_peer_is_fetched_over_tcp(pldns, peer) -> None:
-    server = pldns(upstreams=[peer.address])
+    # forward.max_udp_size raised to 4096: by default (1232) a UDP reply this big goes TC=1.
+    server = pldns(upstreams=[peer.address], forward={"max_udp_size": 4096})
+    capped = pldns(upstreams=[peer.address])
+    reply = clients.udp(capped.addr, make_query(BIG, "TXT", use_edns=0, payload=4096))
+    assert reply.flags & dns.flags.TC and len(reply.to_wire()) <= 1232
     reply = clients.udp(server.addr, make_query(BIG, "TXT", use_edns=0, payload=4096))
     assert not reply.flags & dns.flags.TC
     assert len(reply.answer[0]) == BIG_TXT_RECORDS

@@ -6,6 +6,7 @@ loopback; see conftest.py for the fixtures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 
@@ -179,16 +180,27 @@ def test_edns_version_1_is_badvers(pldns, upstream, name) -> None:
 
 
 # --- access control -------------------------------------------------------------------
+def _closed_at_accept(server) -> None:
+    """TCP from a client outside `allow` is closed at accept: no reply, no slot held."""
+    with clients.tcp_connect(server.addr) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(clients.frame(make_query(OWNED, "A").to_wire()))
+        took = clients.wait_closed(sock, timeout=2.0)
+    assert took is not None and took < 1.0, "a denied client's connection must close at once"
+
+
 def test_client_outside_allow_is_refused(pldns, upstream) -> None:
     upstream.answer(FORWARDED, "192.0.2.1")
     # On 127.0.0.2: the client's source is 127.0.0.1 (the loopback route's source), not one
     # of pldns's listen addresses (those are always allowed: tests/test_node_local.py).
-    server = pldns(allow=["10.0.0.0/8"], host="127.0.0.2")
+    server = pldns(allow=["10.0.0.0/8"], host="127.0.0.2", in_process=True)
     for name in (OWNED, FORWARDED):
-        for send in (clients.udp, clients.tcp):
-            reply = send(server.addr, name, "A")
-            assert reply.rcode() == dns.rcode.REFUSED
-            assert reply.answer == []
+        reply = clients.udp(server.addr, name, "A")
+        assert reply.rcode() == dns.rcode.REFUSED
+        assert reply.answer == []
+    _closed_at_accept(server)
+    assert server.call(lambda: server.stats.tcp_closed["acl"]) == 1
+    assert server.call(lambda: len(server.app.connections)) == 0
     assert upstream.queries() == [], "a refused client's query must not be forwarded"
 
 
@@ -198,11 +210,7 @@ def test_client_outside_allow_with_deny_drop_gets_nothing(pldns, upstream) -> No
     for name in (OWNED, FORWARDED):
         with pytest.raises(dns.exception.Timeout):
             clients.udp(server.addr, name, "A", timeout=0.5)
-    with clients.tcp_connect(server.addr) as sock:
-        sock.settimeout(0.5)
-        sock.sendall(clients.frame(make_query(OWNED, "A").to_wire()))
-        with pytest.raises(TimeoutError):
-            clients.recv_frame(sock)
+    _closed_at_accept(server)
     assert upstream.queries() == []
 
 

@@ -123,6 +123,9 @@ def test_sync_upstreams_and_leaks(doc: dict[str, Any]) -> None:
     assert up == {
         "name": "127.0.0.1:5399",
         "healthy": True,
+        "tcp_healthy": True,
+        "last_probe": None,
+        "last_probe_ok": None,
         "requests": 42,
         "failures": {"timeout": 3},
         "last_error": "",

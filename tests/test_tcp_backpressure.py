@@ -23,6 +23,8 @@ class FakeTransport:
         self.written: list[bytes] = []
         self.reading = True
         self.closed = False
+        self.aborted = False
+        self.blocked = False  # count written bytes as unsent (a client that does not read)
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -38,6 +40,13 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+        self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return sum(len(w) for w in self.written) if self.blocked else 0
 
     def get_extra_info(self, name: str) -> object:
         return ("127.0.0.1", 40000) if name == "peername" else None

@@ -11,12 +11,20 @@ from pldns.config.schema import Problems, Section, describe, join, parse_hostpor
 from pldns.config.sync import Matcher, parse_matcher
 from pldns.dns.settings import (
     DEFAULT_DEADLINE,
+    DEFAULT_HEALTH_INTERVAL,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_FAILS,
     DEFAULT_MAX_INFLIGHT,
     DEFAULT_MAX_PIPELINED,
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_MAX_UDP_SIZE,
+    DEFAULT_QUERY_TIMEOUT,
     DEFAULT_RESOLV_CONF,
+    DEFAULT_RISE,
     DEFAULT_SOCKET_QUERIES,
+    DEFAULT_TCP_CONNECTIONS,
+    DEFAULT_TCP_IDLE,
     DEFAULT_TRY_TIMEOUT,
     DEFAULT_TTL,
     DEFAULT_UDP_SOCKETS,
@@ -94,6 +102,13 @@ def parse_forward(s: Section) -> Forward:
             "socket_queries", DEFAULT_SOCKET_QUERIES, 1, 1_000_000, integer=True
         ),
         resolv_conf=s.string("resolv_conf", DEFAULT_RESOLV_CONF),
+        max_fails=s.number("max_fails", DEFAULT_MAX_FAILS, 1, 1000, integer=True),
+        rise=s.number("rise", DEFAULT_RISE, 1, 1000, integer=True),
+        health_interval=s.number("health_interval", DEFAULT_HEALTH_INTERVAL, 0.05, 60),
+        tcp_connections=s.number("tcp_connections", DEFAULT_TCP_CONNECTIONS, 1, 64, integer=True),
+        tcp_idle=s.number("tcp_idle", DEFAULT_TCP_IDLE, 0.1, 3600),
+        # 65507: the largest UDP payload over IPv4 (65535 - 20 - 8); larger cannot be sent.
+        max_udp_size=s.number("max_udp_size", DEFAULT_MAX_UDP_SIZE, 512, 65507, integer=True),
     )
     if forward.deadline < forward.try_timeout:
         s.problems.add(
@@ -111,7 +126,12 @@ def parse_tcp(s: Section) -> Tcp:
             "max_connections", DEFAULT_MAX_CONNECTIONS, 1, 100_000, integer=True
         ),
         max_pipelined=s.number("max_pipelined", DEFAULT_MAX_PIPELINED, 1, 10_000, integer=True),
+        query_timeout=s.number("query_timeout", DEFAULT_QUERY_TIMEOUT, 0.1, 3600),
+        max_queued_bytes=s.number(
+            "max_queued_bytes", DEFAULT_MAX_QUEUED_BYTES, 65_537, 1 << 30, integer=True
+        ),
     )
+
     s.close()
     return tcp
 

@@ -25,6 +25,7 @@ from pldns.dns.wire import (
     build_answer,
     build_error,
     scan_query,
+    strip_hop_by_hop,
     truncate,
     udp_limit,
 )
@@ -91,6 +92,8 @@ class Resolver:
     def _decide(self, data: bytes, q: Query, proto: str) -> Local | Query:
         if q.opt is not None and q.opt.version != 0:
             raise BadVersion("EDNS version")  # RFC 6891 §6.1.3
+        if q.opt is not None and q.opt.options:
+            strip_hop_by_hop(q.opt.options)  # a malformed option list: FORMERR, owned or not
         owned = self.table.names.get(q.qname)
         if owned is None:
             return q

@@ -151,9 +151,11 @@ class CacheFlow:
             entry.hits = -1
             cache.prefetches[entry.kind] += 1
 
-    @staticmethod
-    def _limit(ex: Exchange, q: Query) -> int:
-        return udp_limit(q) if ex.proto == "udp" else TCP_MAX
+    def _limit(self, ex: Exchange, q: Query) -> int:
+        if ex.proto != "udp":
+            return TCP_MAX
+        # At most forward.max_udp_size over UDP whatever the client advertises (#9).
+        return min(udp_limit(q), self.fe.forwarder.settings.max_udp_size)
 
     def _send(self, ex: Exchange, q: Query, reply: bytes) -> None:
         if len(reply) > UDP_MIN and len(reply) > self._limit(ex, q):

@@ -1,10 +1,11 @@
-"""Forwarding: a client's query goes to the upstreams in turn until one answers or time is up.
+"""Forwarding: the I/O around the attempt policy (pldns.dns.attempt).
 
 Callback-driven, with no task per query: a query is a small state object waiting in its
-channel's table; the reply (or an ICMP error) arrives through the channel, timeouts through
-one timer that sweeps a heap of deadlines. Only the rare TCP fallback runs as a coroutine.
-Timeouts, socket errors, SERVFAIL and REFUSED move on to the next upstream, round the list
-again while `forward.deadline` allows; the outcome is handed to `done` exactly once.
+channel's table (a UDP socket or a pooled TCP connection); the reply, an ICMP error or a lost
+connection arrives through the channel, and timeouts through ONE timer that sweeps a heap of
+attempt deadlines. What to do next is the policy's decision (`Plan.next`/`Plan.outcome`);
+this module only sends, receives, and keeps that timer. The outcome is handed to `done`
+exactly once: the reply, or None (the caller answers SERVFAIL).
 """
 
 from __future__ import annotations
@@ -13,29 +14,31 @@ import asyncio
 import heapq
 import itertools
 import logging
-import time
+import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from pldns.dns.attempt import Change, Outcome, Plan, Policy, Step
+from pldns.dns.health import Prober
 from pldns.dns.rcode import REFUSED, SERVFAIL
 from pldns.dns.settings import Forward, HostPort
 from pldns.dns.stats import Stats
-from pldns.dns.upstream import Channel, QueryIds, Upstream
-from pldns.dns.wire import OUR_PAYLOAD, UDP_MIN, Query, build_upstream_query
+from pldns.dns.upstream import QueryIds, Upstream
+from pldns.dns.wire import HEADER_LEN, OUR_PAYLOAD, UDP_MIN, Query, build_upstream_query
 
 log = logging.getLogger("pldns.forward")
 
 Done = Callable[[bytes | None], None]
 SWEEP_EVERY = 0.01  # timeout resolution, seconds
-RETRY_OPENING = 0.005  # wait for a socket pool being reopened
+REASONS = {Outcome.SERVFAIL: "servfail", Outcome.REFUSED: "refused", Outcome.TIMEOUT: "timeout"}
 
 
 class Pending:
     """One client query being forwarded."""
 
     __slots__ = (
-        "attempts", "channel", "client_limit", "deadline", "done", "finished", "last",
-        "packet", "qid", "question", "said_no", "sent_at", "sent_limit", "seq", "turn",
-        "up", "ups",
+        "channel", "client_limit", "done", "finished", "packet", "plan", "qid", "question",
+        "sent_at", "sent_limit", "seq",
     )  # fmt: skip
 
     def __init__(
@@ -46,15 +49,9 @@ class Pending:
         self.sent_limit = sent_limit
         self.client_limit = client_limit
         self.done = done
-        self.deadline = 0.0
-        self.ups: list[Upstream] = []
-        self.turn = 0
-        self.attempts = 0
-        self.said_no: list[Upstream] = []  # answered SERVFAIL/REFUSED: not asked again
-        self.last: bytes | None = None
+        self.plan: Plan = None  # type: ignore[assignment]
         self.seq = 0  # the current attempt's unique token: a stale timeout cannot match it
-        self.up: Upstream | None = None
-        self.channel: Channel | None = None
+        self.channel: Any = None
         self.qid = 0
         self.sent_at = 0.0
         self.finished = False
@@ -63,36 +60,43 @@ class Pending:
 class Forwarder:
     """Owns the upstreams; `forward()` starts a query, `done(reply or None)` ends it."""
 
-    def __init__(self, addresses: Sequence[HostPort], settings: Forward, stats: Stats) -> None:
+    def __init__(
+        self,
+        addresses: Sequence[HostPort],
+        settings: Forward,
+        stats: Stats,
+        rng: random.Random | None = None,
+    ) -> None:
         self.settings = settings
-        self.try_timeout = settings.try_timeout
-        self.upstreams = [Upstream(a, settings, stats.upstream(str(a)), self) for a in addresses]
+        self.stats = stats
+        self.upstreams = [
+            Upstream(a, settings, stats.upstream(str(a)), self, i) for i, a in enumerate(addresses)
+        ]
+        for up in self.upstreams:  # a new forwarder starts with every upstream in rotation
+            up.stats.healthy = up.stats.tcp_healthy = True
+        self.policy = Policy(
+            len(self.upstreams),
+            settings.max_fails,
+            settings.rise,
+            settings.deadline,
+            settings.try_timeout,
+            rng,
+        )
+        self.prober = Prober(self, settings.health_interval)
         self.ids = QueryIds()
-        self.all_up = True  # no upstream backed off: the configured order stands
-        self.tasks: set[asyncio.Task[None]] = set()
         # (expires, attempt token, channel, qid): no reference to the query itself, so an
         # answered query is freed at once even though its entry waits here until it expires.
-        self._heap: list[tuple[float, int, Channel, int]] = []
+        self._heap: list[tuple[float, int, Any, int]] = []
         self._count = itertools.count()
-        self._tick: asyncio.TimerHandle | None = None
+        self._tick: Any = None
         self._sweeping = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: Any = None
 
     async def open(self) -> None:
         """Open the socket pools before the first query (else the first queries wait)."""
         self._loop = asyncio.get_running_loop()
         for up in self.upstreams:
             await up.refill()
-
-    def order(self, now: float) -> list[Upstream]:
-        """Configured order; upstreams that keep failing go last until their backoff ends."""
-        ups = self.upstreams
-        if self.all_up:
-            return ups
-        return [u for u in ups if u.available(now)] + [u for u in ups if not u.available(now)]
-
-    def on_health(self) -> None:
-        self.all_up = all(u.available(time.monotonic()) for u in self.upstreams)
 
     # -- a query's life ----------------------------------------------------------------------
 
@@ -108,107 +112,90 @@ class Forwarder:
             client_limit,
             done,
         )
-        p.deadline = loop.time() + self.settings.deadline
-        p.ups = self.upstreams if self.all_up else self.order(time.monotonic())
-        p.attempts = max(3, 2 * len(p.ups))
-        self._attempt(p)
-
-    def _attempt(self, p: Pending) -> None:
-        if p.finished:
-            return
-        loop = self._loop
-        assert loop is not None
         now = loop.time()
-        ups = p.ups
+        p.plan = self.policy.plan(now)
+        self._step(p, p.plan.next(now), now)
+
+    def _step(self, p: Pending, step: Step, now: float) -> None:
+        """Carry out the policy's decisions until one is waiting on the network."""
+        plan = p.plan
         while True:
-            if p.turn >= p.attempts or now >= p.deadline - 0.001 or len(p.said_no) == len(ups):
-                self._finish(p, p.last)
+            if step == Step.DELIVER:
+                if plan.reply is not None and plan.reply is plan.truncated:
+                    self.stats.truncated["tcp_failed"] += 1  # TC=1 to the client, not SERVFAIL
+                self._finish(p, plan.reply)
                 return
-            up = ups[p.turn % len(ups)]
-            p.turn += 1
-            if up in p.said_no:
-                continue
-            ch = up.channel()
-            if ch is not None and ch.transport is not None:
+            up = self.upstreams[plan.upstream]
+            ch = up.tcp.channel() if plan.tcp else up.channel()
+            if ch is not None:
                 break
-            if up.unreachable:  # no socket can be opened to it (no route): the next one
-                up.failed("error", time.monotonic())
-                continue
-            p.turn -= 1  # the pool is reopening: the same upstream, a moment later
-            loop.call_later(RETRY_OPENING, self._attempt, p)
-            return
+            # No UDP socket can be opened to it (no route): an error, and the next one.
+            up.stats.failures["error"] += 1
+            self._health(up, False, Outcome.ERROR, now, up.last_error or "no socket")
+            step = plan.outcome(Outcome.ERROR, None, now)
+        pending = ch.pending
         qid = self.ids.next()
-        while qid in ch.pending:  # never two queries with one ID on one socket
+        while qid in pending:  # never two queries with one ID on one socket or connection
             qid = self.ids.next()
         p.seq = token = next(self._count)
-        p.up, p.channel, p.qid, p.sent_at = up, ch, qid, now
-        ch.pending[qid] = p
+        p.channel, p.qid, p.sent_at = ch, qid, now
+        pending[qid] = p
         up.stats.requests += 1
-        ch.transport.sendto(qid.to_bytes(2, "big") + p.packet[2:])
-        expires = now + self.try_timeout
-        if expires > p.deadline:
-            expires = p.deadline
-        heapq.heappush(self._heap, (expires, token, ch, qid))
+        heapq.heappush(self._heap, (plan.expires, token, ch, qid))
         if self._tick is None and not self._sweeping:
-            self._tick = loop.call_at(max(expires, now + SWEEP_EVERY), self._sweep)
+            self._tick = self._loop.call_at(max(plan.expires, now + SWEEP_EVERY), self._sweep)
+        ch.send(qid.to_bytes(2, "big") + p.packet[2:])  # may fail the query at once (on_error)
 
-    def on_reply(self, p: Pending, reply: bytes) -> None:
-        if reply[2] & 0x02 and p.client_limit > p.sent_limit:
+    def on_reply(self, p: Any, reply: bytes) -> None:
+        """A matching reply arrived on a channel (UDP or TCP)."""
+        if type(p) is not Pending:
+            p.on_reply(reply)  # a health probe
+            return
+        if p.finished:
+            return
+        plan = p.plan
+        rcode = reply[3] & 0x0F
+        if reply[2] & 0x02 and not plan.tcp and p.client_limit > p.sent_limit:
             # Truncated, and the whole answer may fit the client: fetch it over TCP (RFC 7766
             # §5). If the client's own limit is no larger, it would be truncated anyway.
-            task = asyncio.get_running_loop().create_task(self._over_tcp(p))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-            return
-        rcode = reply[3] & 0x0F
-        if rcode in (SERVFAIL, REFUSED) or p.finished:
-            self._judge(p, reply)
-            return
-        # The common case, inline: a good answer.
-        up = p.up
-        assert up is not None and self._loop is not None
-        up.succeeded(self._loop.time() - p.sent_at)
-        p.finished = True
-        try:
-            p.done(reply)
-        except Exception:  # a reply that cannot be sent must not break the channel
-            log.exception("delivering a forwarded reply failed")
+            outcome = Outcome.TRUNCATED
+        elif rcode == SERVFAIL:
+            outcome = Outcome.SERVFAIL
+        elif rcode == REFUSED:
+            outcome = Outcome.REFUSED
+        else:
+            outcome = Outcome.ANSWER
+            if reply[5] == 0 and reply[4] == 0:  # FORMERR/NOTIMP without our question
+                reply = (
+                    reply[:4]
+                    + b"\x00\x01\x00\x00\x00\x00\x00\x00"
+                    + p.packet[HEADER_LEN : HEADER_LEN + len(p.question)]
+                )
+        up = self.upstreams[plan.upstream]
+        now = self._loop.time()
+        up.stats.duration.observe(now - p.sent_at)
+        if outcome in REASONS:
+            up.stats.failures[REASONS[outcome]] += 1
+        self._health(up, plan.tcp, outcome, now, "")
+        self._step(p, plan.outcome(outcome, reply, now), now)
 
-    def on_error(self, p: Pending, reason: str) -> None:
-        if p.up is not None:
-            p.up.failed(reason, time.monotonic())
-        self._attempt(p)
+    def on_error(self, p: Any, reason: str) -> None:
+        """A channel failed under a query: ICMP unreachable, a lost or refused connection."""
+        if type(p) is not Pending:
+            p.on_error(reason)
+            return
+        if p.finished:
+            return
+        self._failed(p, Outcome.ERROR, reason)
 
-    def _judge(self, p: Pending, reply: bytes) -> None:
-        up = p.up
-        assert up is not None and self._loop is not None
-        rcode = reply[3] & 0x0F
-        if rcode in (SERVFAIL, REFUSED):
-            up.failed("servfail" if rcode == SERVFAIL else "refused", time.monotonic(), False)
-            p.said_no.append(up)
-            p.last = reply
-            self._attempt(p)
-            return
-        up.succeeded(self._loop.time() - p.sent_at)
-        self._finish(p, reply)
-
-    async def _over_tcp(self, p: Pending) -> None:
-        up = p.up
-        assert up is not None and self._loop is not None
-        qid = self.ids.next()
-        up.stats.requests += 1
-        remaining = p.deadline - self._loop.time()
-        try:
-            reply = await up.query_tcp(
-                qid.to_bytes(2, "big") + p.packet[2:], qid, p.question, remaining
-            )
-        except TimeoutError:
-            self.on_error(p, "timeout")
-            return
-        except (OSError, EOFError, asyncio.IncompleteReadError):
-            self.on_error(p, "error")
-            return
-        self._judge(p, reply)
+    def _failed(self, p: Pending, outcome: Outcome, reason: str) -> None:
+        plan = p.plan
+        up = self.upstreams[plan.upstream]
+        up.stats.failures["timeout" if outcome == Outcome.TIMEOUT else "error"] += 1
+        now = self._loop.time()
+        cause = f"{'tcp' if plan.tcp else 'udp'} {reason}"
+        self._health(up, plan.tcp, outcome, now, cause)
+        self._step(p, plan.outcome(outcome, None, now), now)
 
     def _finish(self, p: Pending, reply: bytes | None) -> None:
         if p.finished:
@@ -219,11 +206,42 @@ class Forwarder:
         except Exception:  # a reply that cannot be sent must not break the channel
             log.exception("delivering a forwarded reply failed")
 
+    # -- health ----------------------------------------------------------------------------
+
+    def _health(self, up: Upstream, tcp: bool, outcome: Outcome, now: float, cause: str) -> None:
+        change = self.policy.record(up.index, tcp, outcome, now, cause)
+        if change is not None:
+            self.health_changed(up, tcp, change)
+
+    def health_changed(self, up: Upstream, tcp: bool, change: Change) -> None:
+        """Log once per state change, with the cause; update the gauge; start/stop probing."""
+        health = (self.policy.tcp if tcp else self.policy.udp)[up.index]
+        transport = "tcp" if tcp else "udp"
+        if tcp:
+            up.stats.tcp_healthy = health.up
+        else:
+            up.stats.healthy = health.up
+        if change == Change.DOWN:
+            up.last_error = health.cause
+            log.warning(
+                "upstream %s (%s) is down after %d failures in a row (last: %s); probing it "
+                "every %gs",
+                up.name, transport, health.fails, health.cause, self.settings.health_interval,
+            )  # fmt: skip
+            self.prober.start(up, tcp)
+        else:
+            log.warning(
+                "upstream %s (%s) is back after %d good probe(s), down for %.1fs",
+                up.name, transport, health.good_probes, health.down_for,
+            )  # fmt: skip
+            self.prober.stop(up, tcp)
+
+    # -- the one timer -----------------------------------------------------------------------
+
     def _sweep(self) -> None:
         """Fail the attempts whose time is up; stale entries (answered ones) are skipped."""
         self._tick = None
         loop = self._loop
-        assert loop is not None
         now = loop.time()
         heap = self._heap
         self._sweeping = True  # a retry below must not arm a second timer: one is armed below
@@ -231,9 +249,9 @@ class Forwarder:
             while heap and heap[0][0] <= now:
                 _, token, ch, qid = heapq.heappop(heap)
                 p = ch.pending.get(qid)
-                if isinstance(p, Pending) and p.seq == token and ch.forget(qid, p):
+                if type(p) is Pending and p.seq == token and ch.forget(qid, p):
                     try:
-                        self.on_error(p, "timeout")
+                        self._failed(p, Outcome.TIMEOUT, "timeout")
                     except Exception:  # never leak a query: it gets its SERVFAIL
                         log.exception("retrying a timed-out query failed")
                         self._finish(p, None)
@@ -242,11 +260,14 @@ class Forwarder:
             if heap and self._tick is None:
                 self._tick = loop.call_at(max(heap[0][0], now + SWEEP_EVERY), self._sweep)
 
+    def timers(self) -> int:
+        """Timers this forwarder has armed right now (the sweep, probes): for tests."""
+        return (self._tick is not None) + self.prober.timers()
+
     def close(self) -> None:
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
-        for task in self.tasks:
-            task.cancel()
+        self.prober.close()
         for up in self.upstreams:
             up.close()

@@ -101,7 +101,12 @@ class Frontend:
             self.stats.rejected_inflight += 1
             self._reply(ex, build_error(data, REFUSED, q.qend, q.opt), SOURCE_LOCAL)
             return True
-        limit = udp_limit(q) if proto == "udp" else TCP_MAX
+        # Whatever the client advertises, a UDP reply is at most forward.max_udp_size (1232 by
+        # default, as Unbound and DNS flag day 2020 settled): larger ones go TC=1 (#9, no 834x
+        # amplification, never a datagram too big to send).
+        limit = (
+            min(udp_limit(q), self.forwarder.settings.max_udp_size) if proto == "udp" else TCP_MAX
+        )
         self.stats.inflight += 1  # _forwarded takes it back, whenever the outcome comes
         try:
             self.forwarder.forward(data, q, limit, lambda got: self._forwarded(ex, q, limit, got))
@@ -161,6 +166,7 @@ class Frontend:
         reply = data[:2] + reply[2:]
         if len(reply) > limit:
             reply = truncate(reply, q.qend, q.opt)
+            self.stats.truncated["size"] += 1
         self._reply(ex, reply, SOURCE_UPSTREAM)
 
     def _deny(self, ex: Exchange) -> bool:

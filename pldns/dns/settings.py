@@ -13,7 +13,15 @@ DEFAULT_DEADLINE = 3.0
 DEFAULT_MAX_INFLIGHT = 10_000
 DEFAULT_UDP_SOCKETS = 8
 DEFAULT_SOCKET_QUERIES = 2_000
+DEFAULT_MAX_FAILS = 2
+DEFAULT_RISE = 1
+DEFAULT_HEALTH_INTERVAL = 0.5
+DEFAULT_TCP_CONNECTIONS = 2
+DEFAULT_TCP_IDLE = 10.0
+DEFAULT_MAX_UDP_SIZE = 1232
 DEFAULT_IDLE_TIMEOUT = 10.0
+DEFAULT_QUERY_TIMEOUT = 2.0
+DEFAULT_MAX_QUEUED_BYTES = 262_144
 DEFAULT_MAX_CONNECTIONS = 1_000
 DEFAULT_MAX_PIPELINED = 100
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
@@ -46,6 +54,12 @@ class Forward:
     udp_sockets: int = DEFAULT_UDP_SOCKETS
     socket_queries: int = DEFAULT_SOCKET_QUERIES
     resolv_conf: str = DEFAULT_RESOLV_CONF
+    max_fails: int = DEFAULT_MAX_FAILS  # timeouts/errors in a row that take an upstream out
+    rise: int = DEFAULT_RISE  # good probes in a row that bring it back
+    health_interval: float = DEFAULT_HEALTH_INTERVAL  # seconds between probes of a down one
+    tcp_connections: int = DEFAULT_TCP_CONNECTIONS  # pooled TCP connections per upstream
+    tcp_idle: float = DEFAULT_TCP_IDLE  # seconds before an unused upstream connection closes
+    max_udp_size: int = DEFAULT_MAX_UDP_SIZE  # largest UDP reply, whatever the client says
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,8 @@ class Tcp:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_pipelined: int = DEFAULT_MAX_PIPELINED
+    query_timeout: float = DEFAULT_QUERY_TIMEOUT  # seconds a query may take to arrive whole
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES  # unread reply bytes before closing
 
 
 @dataclass(frozen=True)

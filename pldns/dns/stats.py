@@ -68,7 +68,12 @@ class UpstreamStats:
     requests: int = 0
     failures: Counter[str] = field(default_factory=Counter)  # reason -> count
     duration: Histogram = field(default_factory=Histogram)
-    healthy: bool = True
+    healthy: bool = True  # UDP in rotation
+    tcp_healthy: bool = True  # TCP in rotation (judged apart from UDP)
+    probes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (transport, ok|fail)
+    last_probe: float = 0.0  # Unix time of the last probe result; 0: never probed
+    last_probe_ok: bool = False
+    tcp_opened: int = 0  # TCP connections opened to it
 
 
 @dataclass
@@ -83,6 +88,8 @@ class Stats:
     inflight: int = 0
     tcp_connections: int = 0
     tcp_rejected: int = 0
+    tcp_closed: Counter[str] = field(default_factory=Counter)  # reason we closed a client
+    truncated: Counter[str] = field(default_factory=Counter)  # TC=1 replies we made, by cause
     upstreams: dict[str, UpstreamStats] = field(default_factory=dict)
     chains: Counter[str] = field(default_factory=Counter)  # CNAME chains into owned names
 

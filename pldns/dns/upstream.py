@@ -1,4 +1,4 @@
-"""One upstream resolver: its pool of UDP sockets, its TCP fallback, its health.
+"""One upstream resolver: its pool of UDP sockets and its pool of TCP connections.
 
 Queries go out on a small pool of connected UDP sockets, each bound by the kernel to a random
 ephemeral port and replaced after `socket_queries` sends (staggered, so the pool never
@@ -16,13 +16,10 @@ import socket
 from array import array
 from typing import Any, Protocol
 
-from pldns.dns.backoff import capped_backoff
 from pldns.dns.settings import Forward, HostPort
 from pldns.dns.stats import UpstreamStats
+from pldns.dns.tcppool import TcpPool, questionless_error
 from pldns.dns.wire import HEADER_LEN, reply_matches
-
-FAILS_BEFORE_DOWN = 3
-MAX_BACKOFF = 30.0
 
 
 class Waiter(Protocol):
@@ -37,8 +34,6 @@ class Owner(Protocol):
     def on_reply(self, waiter: Any, reply: bytes) -> None: ...
 
     def on_error(self, waiter: Any, reason: str) -> None: ...
-
-    def on_health(self) -> None: ...
 
 
 class QueryIds:
@@ -81,12 +76,17 @@ class Channel(asyncio.DatagramProtocol):
             return
         qid = (data[0] << 8) | data[1]
         waiter = self.pending.get(qid)
-        if waiter is None or not reply_matches(data, qid, waiter.question):
+        if waiter is None or not (
+            reply_matches(data, qid, waiter.question) or questionless_error(data)
+        ):
             self.impostors += 1  # late, spoofed or mangled: ignore and keep waiting
             return
         del self.pending[qid]
         self.owner.on_reply(waiter, data)
         self.close_if_drained()
+
+    def send(self, packet: bytes) -> None:
+        self.transport.sendto(packet)  # type: ignore[union-attr]
 
     def error_received(self, exc: Exception) -> None:
         # An ICMP error on a connected socket (port unreachable): every query here fails now
@@ -94,6 +94,7 @@ class Channel(asyncio.DatagramProtocol):
         self._fail_all()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
         self._fail_all()
 
     def _fail_all(self) -> None:
@@ -115,12 +116,16 @@ class Channel(asyncio.DatagramProtocol):
 
 
 class Upstream:
-    """One upstream server: its UDP socket pool, health and counters."""
+    """One upstream server: its UDP socket pool, its TCP pool and its counters.
+
+    Its health lives in the attempt policy (pldns.dns.attempt), at `index`.
+    """
 
     def __init__(
-        self, address: HostPort, settings: Forward, stats: UpstreamStats, owner: Owner
+        self, address: HostPort, settings: Forward, stats: UpstreamStats, owner: Owner, index: int
     ) -> None:
         self.address = address
+        self.index = index
         self.settings = settings
         self.stats = stats
         self.owner = owner
@@ -129,38 +134,15 @@ class Upstream:
         self._next = 0
         self._filling: asyncio.Task[None] | None = None
         self.unreachable = False  # the last attempt to open a socket to it failed
-        self.fails = 0
-        self.retry_at = 0.0
         self.last_error = ""
+        self.tcp = TcpPool(
+            address.host, address.port, self.name, owner, settings.tcp_connections,
+            settings.tcp_idle, stats,
+        )  # fmt: skip
 
     @property
     def name(self) -> str:
         return str(self.address)
-
-    # -- health ------------------------------------------------------------------------------
-
-    def available(self, now: float) -> bool:
-        return self.fails < FAILS_BEFORE_DOWN or now >= self.retry_at
-
-    def succeeded(self, seconds: float) -> None:
-        if self.fails:
-            self.fails = 0
-            self.stats.healthy = True
-            self.owner.on_health()
-        self.stats.duration.observe(seconds)
-
-    def failed(self, reason: str, now: float, down: bool = True) -> None:
-        """Count a failure; timeouts and socket errors (`down`) also count against health."""
-        self.stats.failures[reason] += 1
-        if not down:
-            return
-        self.fails += 1
-        self.last_error = reason
-        if self.fails >= FAILS_BEFORE_DOWN:
-            self.stats.healthy = False
-            wait = capped_backoff(self.fails - FAILS_BEFORE_DOWN + 1, 1.0, MAX_BACKOFF)
-            self.retry_at = now + wait
-            self.owner.on_health()
 
     # -- the UDP pool --------------------------------------------------------------------------
 
@@ -169,15 +151,19 @@ class Upstream:
         channels = self.channels
         if len(channels) < self.settings.udp_sockets:
             self.refill()
-            if not channels:
-                return None
-        self._next = (self._next + 1) % len(channels)
-        ch = channels[self._next]
-        ch.budget -= 1
-        if ch.budget <= 0:
-            ch.retired = True  # closes once its last reply is in
-            channels.remove(ch)
-        return ch
+        while channels:
+            self._next = (self._next + 1) % len(channels)
+            ch = channels[self._next]
+            if ch.transport is None or ch.transport.is_closing():  # lost: replace it
+                channels.remove(ch)
+                self.refill()
+                continue
+            ch.budget -= 1
+            if ch.budget <= 0:
+                ch.retired = True  # closes once its last reply is in
+                channels.remove(ch)
+            return ch
+        return None
 
     def refill(self) -> asyncio.Task[None]:
         if self._filling is None:
@@ -209,22 +195,6 @@ class Upstream:
         )
         return channel
 
-    # -- TCP -------------------------------------------------------------------------------------
-
-    async def query_tcp(self, packet: bytes, qid: int, question: bytes, timeout: float) -> bytes:
-        """One query on a fresh TCP connection (RFC 7766 §5: used when UDP was truncated)."""
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(self.address.host, self.address.port)
-            try:
-                writer.write(len(packet).to_bytes(2, "big") + packet)
-                while True:
-                    size = int.from_bytes(await reader.readexactly(2), "big")
-                    reply = await reader.readexactly(size)
-                    if reply_matches(reply, qid, question):
-                        return reply
-            finally:
-                writer.close()
-
     def close(self) -> None:
         if self._filling is not None:
             self._filling.cancel()
@@ -232,3 +202,4 @@ class Upstream:
             if ch.transport is not None:
                 ch.transport.close()
         self.channels.clear()
+        self.tcp.close()

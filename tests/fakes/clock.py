@@ -73,3 +73,117 @@ class FakeLoop:
                 raise RuntimeError("timer storm: too many callbacks")
             callback(*args)
         self.now = end
+
+
+# --- a forwarder on the fake clock (the long-run tests and scripts/torture use it) ------------
+
+
+class FakeServer:
+    """A UDP 'socket' to a fake upstream on the fake clock: answers after `delay`, or never
+    while `alive` is False. Stands in for a Channel in an upstream's pool."""
+
+    def __init__(self, fw: Any, loop: FakeLoop, delay: float) -> None:
+        self.fw = fw
+        self.loop = loop
+        self.delay = delay
+        self.alive = True
+        self.pending: dict[int, object] = {}
+        self.budget = 10**12
+        self.retired = False
+        self.transport = self
+        self.sent = 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def send(self, packet: bytes) -> None:
+        self.sent += 1
+        if self.alive:
+            reply = packet[:2] + bytes([packet[2] | 0x80, 0x80]) + packet[4:]
+            self.loop.call_later(self.delay, self._deliver, reply)
+
+    def _deliver(self, reply: bytes) -> None:
+        waiter = self.pending.pop((reply[0] << 8) | reply[1], None)
+        if waiter is not None:
+            self.fw.on_reply(waiter, reply)
+
+    def forget(self, qid: int, waiter: object) -> bool:
+        if self.pending.get(qid) is not waiter:
+            return False
+        del self.pending[qid]
+        return True
+
+
+def served(n: int, settings: Any, delay: float = 0.002) -> tuple[Any, FakeLoop, list[FakeServer]]:
+    """A Forwarder to `n` fake upstreams, all on one fake clock."""
+    from pldns.dns.forwarder import Forwarder
+    from pldns.dns.settings import HostPort
+    from pldns.dns.stats import Stats
+
+    addresses = [HostPort(f"192.0.2.{i + 1}", 53) for i in range(n)]
+    fw = Forwarder(addresses, settings, Stats())
+    loop = FakeLoop()
+    fw._loop = loop
+    servers = []
+    for up in fw.upstreams:
+        server = FakeServer(fw, loop, delay)
+        up.channels.append(server)
+        servers.append(server)
+    return fw, loop, servers
+
+
+class RunResult:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.answered = 0
+        self.total = 0
+        self.timers_peak = 0
+
+
+def run_for(
+    fw: Any, loop: FakeLoop, seconds: float, qps: int, change: Callable[[int], None] | None = None
+) -> RunResult:
+    """`qps` queries a second for `seconds` of fake time, then the deadline and a second more
+    for the last ones. Every query must get exactly one outcome."""
+    import dns.message
+
+    from pldns.dns.wire import scan_query
+
+    wire = dns.message.make_query("www.example.test", "A").to_wire()
+    q = scan_query(wire)
+    res = RunResult()
+    res.total = int(seconds * qps)
+    step = 1.0 / qps
+    for i in range(res.total):
+        start = loop.time()
+
+        def done(reply: bytes | None, start: float = start) -> None:
+            res.latencies.append(loop.time() - start)
+            res.answered += reply is not None
+
+        fw.forward(wire, q, 1232, done)
+        if change is not None:
+            change(i)
+        loop.advance(step)
+        res.timers_peak = max(res.timers_peak, fw.timers())
+    loop.advance(fw.settings.deadline + 1)
+    assert len(res.latencies) == res.total, "every query got exactly one outcome"
+    return res
+
+
+def simulate(
+    loop: FakeLoop, n: int, dead: list[int], seconds: float, qps: int, settings: Any = None
+) -> RunResult:
+    """A fresh forwarder to `n` upstreams of which `dead` never answer, for `seconds`."""
+    from pldns.dns.settings import Forward
+
+    fw, loop, servers = served(n, settings or Forward(udp_sockets=1))
+    for i in dead:
+        servers[i].alive = False
+    try:
+        return run_for(fw, loop, seconds, qps)
+    finally:
+        fw.close()
