@@ -133,11 +133,41 @@ class Supervisor:
         logs.setup(new.log.level, new.log.format)
         log.info("config reloaded (%s), version %s", why, app.config_version)
         if new.http != old_http:
-            if self.http is not None:
-                await self.http.close()
-                self.http = None
-            await self.start_http()
+            await self._switch_http(old_http.listen)
         return True
+
+    async def _switch_http(self, old_listen: tuple[str, int] | None) -> None:
+        """Move the HTTP endpoint; if the new address cannot be bound, keep the old one (#9:
+        a busy port used to close the old server first and then kill the config watcher)."""
+        old = self.http
+        new_listen = self.app.config.http.listen
+        try:
+            await self.start_http()  # the old one still serves meanwhile
+        except OSError as err:
+            self.http = old
+            same_port = old is not None and new_listen is not None and old_listen is not None
+            if not (same_port and new_listen[1] == old_listen[1]):  # type: ignore[index]
+                log.error("http.listen: %s; the HTTP endpoint stays where it was", err)
+                return
+            # The same port on another address may clash with our own socket: free it, retry.
+            await old.close()  # type: ignore[union-attr]
+            self.http = None
+            try:
+                await self.start_http()
+                return
+            except OSError as again:
+                log.error("http.listen: %s; the HTTP endpoint stays where it was", again)
+            try:
+                self.http = HttpApi(self.routes())
+                await self.http.start(*old_listen)  # type: ignore[misc]
+            except OSError as back:
+                self.http = None
+                log.error("HTTP endpoint off: cannot listen on %s:%d again: %s", *old_listen, back)  # type: ignore[misc]
+            return
+        if old is not None:
+            await old.close()
+        if new_listen is None:
+            self.http = None
 
     async def watch(self) -> None:
         """Reload on SIGHUP, or when the config file changes (polled)."""
@@ -146,15 +176,19 @@ class Supervisor:
             timeout = poll if poll > 0 else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.reload_wanted.wait(), timeout)
-            if self.reload_wanted.is_set():
-                self.reload_wanted.clear()
-                self._watched = file_signature(self.app.config_path or "")
-                await self.reload("SIGHUP")
-                continue
-            sig = file_signature(self.app.config_path or "")
-            if sig is not None and sig != self._watched:
-                self._watched = sig
-                await self.reload("file changed")
+            try:
+                if self.reload_wanted.is_set():
+                    self.reload_wanted.clear()
+                    self._watched = file_signature(self.app.config_path or "")
+                    await self.reload("SIGHUP")
+                    continue
+                sig = file_signature(self.app.config_path or "")
+                if sig is not None and sig != self._watched:
+                    self._watched = sig
+                    await self.reload("file changed")
+            except Exception:  # supervised: one bad reload never ends the watch
+                self.app.reloads["failure"] += 1
+                log.exception("reload failed; still watching the config")
 
     async def announce_ready(self) -> None:
         while not self.app.ready()[0]:

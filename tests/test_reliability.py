@@ -22,7 +22,7 @@ from pldns.dns.settings import Forward, HostPort
 from pldns.dns.stats import Stats
 from tests.fakes import clients
 from tests.fakes.clients import a_records, make_query, raw_udp
-from tests.fakes.proc import OWNED, OWNED_IPS
+from tests.fakes.proc import OWNED, OWNED_IPS, base_config, free_port
 from tests.fakes.upstream import NXDOMAIN, Behaviour
 
 FORWARDED = "www.example.test"
@@ -348,3 +348,30 @@ def test_upstream_state_changes_are_logged_once_with_the_cause(caplog) -> None:
         asyncio.run(go())
     lines = [r.getMessage() for r in caplog.records if "is down" in r.getMessage()]
     assert len(lines) == 1 and "127.0.0.1:9" in lines[0] and "udp timeout" in lines[0]
+
+
+def test_reload_onto_a_busy_http_port_keeps_the_endpoint_and_the_watcher(
+    tmp_path, upstream
+) -> None:
+    from tests.test_operations import Ops, http_get
+    from tests.test_operations import wait_until as wait_ops
+
+    config = base_config("127.0.0.1", free_port(), [upstream.address])
+    config["lifecycle"] = {**config["lifecycle"], "reload_poll": 0.2}
+    server = Ops(config, tmp_path, name="ops-http")
+    server.start()
+    try:
+        old = server.http_port
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            taken = busy.getsockname()[1]
+            server.rewrite(http={"listen": f"127.0.0.1:{taken}"})
+            assert wait_ops(lambda: "http.listen" in server.log(), timeout=5)
+            assert http_get(old, "/healthz")[0] == 200, "the old endpoint was closed"
+        # The watcher is alive: a later edit is still picked up.
+        server.rewrite(services={"eci": {"domains": [OWNED], "static": ["10.7.7.7"]}})
+        assert wait_ops(lambda: a_records(clients.udp(server.addr, OWNED)) == {"10.7.7.7"})
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
