@@ -34,7 +34,19 @@ def test_servfail_and_refused_move_on_and_are_not_asked_again(no: Outcome) -> No
         asked.append(plan.upstream)
         step = plan.outcome(no, b"no", 0.02)
     assert asked == [0, 1, 2], "each upstream asked once"
-    assert plan.reply is None, "every upstream said no: our SERVFAIL, never their REFUSED"
+    if no == Outcome.REFUSED:
+        assert plan.reply is None, "every upstream refused: our SERVFAIL, never their REFUSED"
+    else:
+        assert plan.reply == b"no", "an upstream's own SERVFAIL (it may carry an EDE)"
+
+
+def test_refused_then_servfail_gives_servfail_not_the_last_rcode() -> None:
+    pol = policy(2)
+    plan = pol.plan(0.0)
+    plan.next(0.0)
+    assert plan.outcome(Outcome.SERVFAIL, b"servfail", 0.01) == Step.SEND
+    assert plan.outcome(Outcome.REFUSED, b"refused", 0.02) == Step.DELIVER
+    assert plan.reply == b"servfail", "the last one said REFUSED: that is not relayed"
 
 
 @pytest.mark.parametrize("failure", [Outcome.TIMEOUT, Outcome.ERROR])

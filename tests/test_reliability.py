@@ -107,6 +107,7 @@ def test_a_dead_upstream_is_taken_out_probed_and_brought_back(pldns, fake_upstre
     server = pldns(
         upstreams=[dead.address, good.address],
         in_process=True,
+        cache={"enabled": False},  # every query goes upstream
         forward={"try_timeout": 0.5, "deadline": 2.0, "health_interval": 0.2},
     )
     for _ in range(2):  # max_fails = 2: two queries wait one try_timeout each
@@ -191,7 +192,7 @@ def test_tcp_fallback_fails_over_to_the_next_upstream(pldns, raw_upstream, fake_
 
 def test_upstream_tcp_connections_are_pooled_and_pipelined(pldns, upstream) -> None:
     upstream.big(BIG)
-    server = pldns(in_process=True, forward={"tcp_connections": 2})
+    server = pldns(in_process=True, forward={"tcp_connections": 2}, cache={"enabled": False})
     with clients.tcp_connect(server.addr, timeout=5.0) as sock:
         queries = [make_query(BIG, "TXT", id=i) for i in range(1, 41)]
         sock.sendall(b"".join(clients.frame(q.to_wire()) for q in queries))

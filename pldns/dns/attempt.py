@@ -185,15 +185,15 @@ class Plan:
 
     At most `max(3, 2 * upstreams)` attempts on each transport, none past `give_up_at` (the
     deadline less a margin). SERVFAIL and REFUSED move on and that upstream is not asked again;
-    when all said no, the client gets our SERVFAIL (their REFUSED is about us, not about the
-    client). A truncated UDP reply switches to TCP: the same upstream first, then the others
+    when all said no, the client gets SERVFAIL: an upstream's own if one said SERVFAIL, else
+    ours (an upstream's REFUSED is about us, not about the client: never relayed). A truncated UDP reply switches to TCP: the same upstream first, then the others
     whose TCP is up; if TCP gets nowhere in time, the truncated reply is delivered (TC=1: the
     client may retry over TCP itself).
     """
 
     __slots__ = (
-        "attempts", "expires", "give_up_at", "order", "policy", "reply", "said_no", "tcp",
-        "truncated", "turn", "upstream",
+        "attempts", "expires", "give_up_at", "order", "policy", "reply", "said_no", "servfail",
+        "tcp", "truncated", "turn", "upstream",
     )  # fmt: skip
 
     def __init__(self, policy: Policy, order: list[int], now: float) -> None:
@@ -205,6 +205,7 @@ class Plan:
         self.said_no: list[int] = []
         self.tcp = False
         self.truncated: bytes | None = None  # the TC=1 reply kept while TCP is tried
+        self.servfail: bytes | None = None  # an upstream's SERVFAIL, kept in case all fail
         self.reply: bytes | None = None  # what DELIVER hands over
         self.upstream = -1  # the current attempt's upstream; -1 when none is under way
         self.expires = 0.0  # the current attempt's end
@@ -223,7 +224,9 @@ class Plan:
             expires = now + self.policy.try_timeout
             self.expires = expires if expires < self.give_up_at else self.give_up_at
             return Step.SEND
-        self.reply = self.truncated  # None (SERVFAIL) unless a truncated reply is kept
+        # A truncated reply if one is kept; else an upstream's own SERVFAIL (it may carry an
+        # extended error, and RFC 2308 §7.1 lets a cache keep it); else None: our SERVFAIL.
+        self.reply = self.truncated if self.truncated is not None else self.servfail
         self.upstream = -1
         return Step.DELIVER
 
@@ -241,11 +244,11 @@ class Plan:
             self.attempts = max(2, len(self.order))
             self.turn = 0
             self.said_no = []
-        elif (
-            outcome in (Outcome.SERVFAIL, Outcome.REFUSED, Outcome.TRUNCATED)
-            and self.upstream not in self.said_no
-        ):
-            self.said_no.append(self.upstream)
+        elif outcome in (Outcome.SERVFAIL, Outcome.REFUSED, Outcome.TRUNCATED):
+            if outcome == Outcome.SERVFAIL and not self.tcp:
+                self.servfail = reply
+            if self.upstream not in self.said_no:
+                self.said_no.append(self.upstream)
         return self.next(now)
 
     def timed_out(self, now: float) -> bool:
