@@ -79,12 +79,19 @@ def merge_stats(parts: list[Stats]) -> Stats:
         out.inflight += st.inflight
         out.tcp_connections += st.tcp_connections
         out.tcp_rejected += st.tcp_rejected
+        out.tcp_closed.update(st.tcp_closed)
+        out.truncated.update(st.truncated)
         for name, up in st.upstreams.items():
             into = out.upstreams.setdefault(name, UpstreamStats())
             into.requests += up.requests
             into.failures.update(up.failures)
             _merge_hist(into.duration, up.duration)
             into.healthy = into.healthy and up.healthy
+            into.tcp_healthy = into.tcp_healthy and up.tcp_healthy
+            into.probes.update(up.probes)
+            into.tcp_opened += up.tcp_opened
+            if up.last_probe > into.last_probe:
+                into.last_probe, into.last_probe_ok = up.last_probe, up.last_probe_ok
     return out
 
 

@@ -376,3 +376,22 @@ def test_reload_onto_a_busy_http_port_keeps_the_endpoint_and_the_watcher(
     finally:
         server.stop()
     assert "Traceback" not in server.log()
+
+
+def test_workers_add_up_the_new_counters() -> None:
+    from pldns.workerreport import merge_stats
+
+    a, b = Stats(), Stats()
+    a.tcp_closed["slow"] += 2
+    b.tcp_closed["slow"] += 3
+    b.truncated["tcp_failed"] += 1
+    a.upstream("u").probes[("udp", "ok")] += 1
+    b.upstream("u").probes[("udp", "ok")] += 2
+    b.upstream("u").tcp_healthy = False
+    a.upstream("u").last_probe, a.upstream("u").last_probe_ok = 5.0, True
+    b.upstream("u").last_probe = 9.0
+    merged = merge_stats([a, b])
+    assert merged.tcp_closed["slow"] == 5 and merged.truncated["tcp_failed"] == 1
+    up = merged.upstreams["u"]
+    assert up.probes[("udp", "ok")] == 3 and up.tcp_healthy is False
+    assert (up.last_probe, up.last_probe_ok) == (9.0, False)
