@@ -32,6 +32,13 @@ from pldns.dns.answer import SOURCE_CACHE, SOURCE_LOCAL, SOURCE_OWNED, SOURCE_UP
 from pldns.dns.cache import KINDS as CACHE_KINDS
 from pldns.dns.cname import OUTCOMES as CNAME_OUTCOMES
 from pldns.dns.stats import Histogram
+from pldns.metrics_forward import (
+    FORWARD_METRICS,
+    PROBE_RESULTS,
+    TCP_CLOSE_REASONS,
+    TRANSPORTS,
+    TRUNCATION_REASONS,
+)
 from pldns.sync.source import REASONS as SYNC_FAILURE_REASONS
 
 if TYPE_CHECKING:
@@ -51,10 +58,7 @@ INFO = "info"
 SOURCES = (SOURCE_OWNED, SOURCE_UPSTREAM, SOURCE_CACHE, SOURCE_LOCAL)
 FORWARD_FAILURE_REASONS = ("timeout", "error", "servfail", "refused")
 DROP_REASONS = ("runt", "response", "acl")
-TCP_CLOSE_REASONS = ("idle", "slow", "unread", "acl")
-TRUNCATION_REASONS = ("size", "tcp_failed")
-TRANSPORTS = ("udp", "tcp")
-PROBE_RESULTS = ("ok", "fail")
+
 RELOAD_RESULTS = ("success", "failure")
 
 # name -> (type, help). The order is the order of docs/metrics.md and the README table.
@@ -87,50 +91,7 @@ METRICS: dict[str, tuple[str, str]] = {
         "TCP connections closed at once because tcp.max_connections were open.",
     ),
     "pldns_tcp_open_connections": (GAUGE, "TCP connections open right now."),
-    "pldns_tcp_closed_total": (
-        COUNTER,
-        "TCP client connections pldns closed, by reason (idle, slow: a query took longer than "
-        "tcp.query_timeout to arrive, unread: replies left unread, acl: client not allowed).",
-    ),
-    "pldns_dns_truncated_total": (
-        COUNTER,
-        "Forwarded replies sent with TC=1, by reason (size: over the client's limit or "
-        "forward.max_udp_size, tcp_failed: truncated upstream and TCP got nowhere).",
-    ),
-    "pldns_forward_requests_total": (
-        COUNTER,
-        "Queries sent to each upstream (UDP attempts and TCP retries).",
-    ),
-    "pldns_forward_failures_total": (
-        COUNTER,
-        "Upstream attempts that failed, by upstream and reason (timeout, error, servfail, "
-        "refused).",
-    ),
-    "pldns_forward_request_duration_seconds": (
-        HISTOGRAM,
-        "Round-trip time of successful upstream queries, by upstream.",
-    ),
-    "pldns_forward_healthy": (
-        GAUGE,
-        "1 if the upstream is in rotation over UDP, 0 while it is down (forward.max_fails "
-        "timeouts or errors in a row) and being probed.",
-    ),
-    "pldns_forward_tcp_healthy": (
-        GAUGE,
-        "1 if the upstream is in rotation over TCP, 0 while its TCP is down and being probed.",
-    ),
-    "pldns_forward_probes_total": (
-        COUNTER,
-        "Health probes (. IN NS) sent to down upstreams, by transport and result (ok, fail).",
-    ),
-    "pldns_forward_last_probe_timestamp_seconds": (
-        GAUGE,
-        "Unix time of the upstream's last probe result (0 if never probed).",
-    ),
-    "pldns_forward_tcp_connections_total": (
-        COUNTER,
-        "TCP connections opened to the upstream (pooled and reused, RFC 7766).",
-    ),
+    **FORWARD_METRICS,
     "pldns_cache_entries": (GAUGE, "Replies in the packet cache, by kind."),
     "pldns_cache_hits_total": (COUNTER, "Queries answered from a fresh cache entry, by kind."),
     "pldns_cache_misses_total": (COUNTER, "Cacheable queries with no fresh cache entry."),

@@ -71,7 +71,7 @@ def test_failures_move_on_round_the_list_and_give_up_before_the_deadline(
 
 
 def test_margin_is_bounded() -> None:
-    assert margin(3.0) == 0.1 and margin(0.1) == 0.02 and margin(1.0) == 0.05
+    assert margin(3.0) == 0.3 and margin(0.1) == 0.02 and margin(1.0) == 0.1 and margin(60) == 0.3
 
 
 def test_health_goes_down_after_max_fails_and_only_probes_bring_it_back() -> None:

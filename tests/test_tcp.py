@@ -134,21 +134,45 @@ def test_connection_with_a_pending_query_outlives_idle_timeout(pldns, upstream) 
         assert wait_closed(sock, timeout=5.0) is not None
 
 
-def test_connection_cap_closes_the_extra_connection(pldns) -> None:
-    server = pldns(tcp={"max_connections": 2})
+def test_connection_cap_closes_the_extra_connection(pldns, upstream) -> None:
+    # Both admitted connections are busy (a query waiting upstream): a third is closed.
+    upstream.answer(SLOW, "192.0.2.9", delay=2.0)
+    server = pldns(tcp={"max_connections": 2}, forward={"try_timeout": 3.0, "deadline": 4.0})
     first = _connect_until_served(server.addr)
     second = _connect_until_served(server.addr)
     try:
+        for sock in (first, second):
+            sock.sendall(frame(make_query(SLOW, "A").to_wire()))
+        time.sleep(0.3)
         with clients.tcp_connect(server.addr) as third:
             took = wait_closed(third, timeout=3.0)
             assert took is not None, "a connection over the cap must be closed"
         # The two admitted connections still work.
         for sock in (first, second):
-            assert a_records(_ask(sock, make_query(OWNED, "A"))) == set(OWNED_IPS)
+            sock.settimeout(5.0)
+            reply = recv_frame(sock)
+            assert reply is not None and a_records(dns.message.from_wire(reply)) == {"192.0.2.9"}
         first.close()
         # A slot is free again once the server has seen the close.
         with _connect_until_served(server.addr) as again:
             assert a_records(_ask(again, make_query(OWNED, "A"))) == set(OWNED_IPS)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_at_the_cap_a_new_client_evicts_the_longest_idle(pldns) -> None:
+    server = pldns(tcp={"max_connections": 2, "idle_timeout": 30.0}, in_process=True)
+    first = _connect_until_served(server.addr)
+    time.sleep(0.05)
+    second = _connect_until_served(server.addr)
+    try:
+        with _connect_until_served(server.addr) as third:  # at once: it evicts `first`
+            assert a_records(_ask(third, make_query(OWNED, "A"))) == set(OWNED_IPS)
+            assert wait_closed(first, timeout=2.0) is not None, "the longest idle one goes"
+            assert a_records(_ask(second, make_query(OWNED, "A"))) == set(OWNED_IPS)
+        assert server.call(lambda: server.stats.tcp_closed["evicted"]) == 1
+        assert server.call(lambda: server.stats.tcp_rejected) == 0
     finally:
         first.close()
         second.close()

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 # An answer goes out this long before the client's deadline at the latest, so the SERVFAIL
 # reaches the client before it gives up on us (a stub resolver retries at its own timeout).
-MARGIN_MAX = 0.1
-MARGIN_FRACTION = 0.05
+MARGIN_MAX = 0.3
+MARGIN_FRACTION = 0.1
 MARGIN_MIN = 0.02
 
 

@@ -52,7 +52,8 @@ class TcpConnection(asyncio.Protocol):
       first byte, or the connection is closed;
     - unread: replies waiting in our send buffer past `tcp.max_queued_bytes`, or writes
       blocked for idle_timeout, abort the connection (a client that sends but never reads);
-    - the ACL is applied at accept: a client outside `allow` holds no slot.
+    - the ACL is applied at accept: a client outside `allow` holds no slot;
+    - at the cap, a new client evicts the connection least worth keeping (see _evict).
     Every close we decide is counted by reason (`Stats.tcp_closed`).
     """
 
@@ -78,13 +79,13 @@ class TcpConnection(asyncio.Protocol):
         stats = self.frontend.stats
         peer = transport.get_extra_info("peername")
         self.host = peer[0] if peer else ""
-        if len(self.registry) >= self.settings.max_connections:
-            stats.tcp_rejected += 1
+        if not self.frontend.acl.allowed(self.host):  # no slot for a client we refuse
+            stats.tcp_closed["acl"] += 1
             transport.close()
             self.transport = None
             return
-        if not self.frontend.acl.allowed(self.host):  # no slot for a client we refuse
-            stats.tcp_closed["acl"] += 1
+        if len(self.registry) >= self.settings.max_connections and not self._evict():
+            stats.tcp_rejected += 1
             transport.close()
             self.transport = None
             return
@@ -93,6 +94,31 @@ class TcpConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.active_at = self.loop.time()
         self._arm(self.active_at + self.settings.idle_timeout)
+
+    def _evict(self) -> bool:
+        """At the cap, make room for a new client by closing the connection least worth
+        keeping: one whose replies go unread first, then the one idle the longest (no query
+        in progress). Connections waiting on upstream answers are kept. So clients that hold
+        connections without using them (idle, a byte at a time, not reading) cannot lock
+        fresh clients out, as Unbound shortens its idle timeout when slots run low."""
+        victim: TcpConnection | None = None
+        best: tuple[int, float] = (2, 0.0)
+        for conn in self.registry:
+            if conn.transport is None:
+                continue
+            if conn.write_blocked:
+                rank = (0, conn.blocked_since)
+            elif not conn.pending:
+                rank = (1, conn.active_at)
+            else:
+                continue
+            if rank < best:
+                best, victim = rank, conn
+        if victim is None:
+            return False
+        victim._close("evicted", abort=True)
+        victim.registry.discard(victim)  # its slot is free now, not when the loop gets to it
+        return True
 
     # -- the one timer ---------------------------------------------------------------------
 

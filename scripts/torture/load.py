@@ -56,6 +56,7 @@ class Result:
     answered: int = 0  # replies of any RCODE
     rcodes: Counter[int] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)  # seconds after the start, per latency
     replies: list[bytes] = field(default_factory=list)
 
 
@@ -155,6 +156,7 @@ class UdpLoad:
                     res.answered += 1
                     res.rcodes[data[3] & 0x0F] += 1
                     res.latencies.append(time.monotonic() - t)
+                    res.sent_at.append(t - start)
                     if collect:
                         res.replies.append(data)
         return res

@@ -4,8 +4,9 @@ One asyncio loop in a daemon thread serves any number of them, UDP and TCP on on
 port each. A mode per upstream, switchable while running:
   fast       every A query -> 192.0.2.1; names starting "big" -> ~3 KB of TXT (TC=1 over UDP)
   blackhole  never answers (UDP or TCP)
-  spoof      before each genuine reply, `spoofs` replies with random wrong IDs carrying
-             SPOOF_IP, from the right address and port (what an off-path attacker hopes for)
+  spoof      before each genuine reply, 10 forged ones carrying SPOOF_IP: 4 with a wrong ID
+             from the right address and port, 3 with the right ID for another name, 3 with the
+             right ID and question from another port. pldns must take none of them.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ class Upstream:
     def __init__(self, world: World, mode: str) -> None:
         self.world = world
         self.mode = mode
-        self.spoofs = 10
         self.port = 0
         self.udp_received = 0
         self.tcp_connections = 0
         self.spoofed_sent = 0
+        self.side = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # spoofs from another port
+        self.side.bind(("127.0.0.1", 0))
 
     @property
     def address(self) -> str:
@@ -71,12 +73,20 @@ class _Udp(asyncio.DatagramProtocol):
         if data[12:].startswith(b"\x03big") and len(reply) > 1232:
             reply = reply[:2] + bytes((reply[2] | 0x02, reply[3])) + b"\x00\x01" + b"\x00" * 6
             reply += data[12 : question_end(data)]
-        if up.mode == "spoof":
-            for _ in range(up.spoofs):
+        if up.mode == "spoof":  # each must be rejected; the genuine reply comes after them
+            for _ in range(4):  # from the right address and port, a wrong ID
                 wrong = os.urandom(2)
                 if wrong != data[:2]:
                     self.transport.sendto(answer(data, SPOOF_IP, wrong), addr)
                     up.spoofed_sent += 1
+            other = bytearray(data)
+            other[13] ^= 0x01  # the right ID, another name (RFC 5452 §4.3: question must match)
+            for _ in range(3):
+                self.transport.sendto(answer(bytes(other), SPOOF_IP), addr)
+                up.spoofed_sent += 1
+            for _ in range(3):  # the right ID and question, from another port
+                up.side.sendto(answer(data, SPOOF_IP), addr)
+                up.spoofed_sent += 1
         self.transport.sendto(reply, addr)
 
 
@@ -104,7 +114,9 @@ class World:
         udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         udp.bind(("127.0.0.1", up.port))
         transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(up), sock=udp)
-        server = await loop.start_server(lambda r, w: self._tcp(up, r, w), sock=tcp, backlog=1024)
+        server = await asyncio.start_server(
+            lambda r, w: self._tcp(up, r, w), sock=tcp, backlog=1024
+        )
         self.servers += [transport, server]
 
     async def _tcp(self, up: Upstream, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
