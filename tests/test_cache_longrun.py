@@ -21,7 +21,7 @@ from pldns.dns.answer import Resolver
 from pldns.dns.cache import PacketCache
 from pldns.dns.cacheflow import CacheFlow
 from pldns.dns.pipeline import Frontend
-from pldns.dns.settings import Cache
+from pldns.dns.settings import Cache, Forward
 from pldns.dns.stats import Stats
 from pldns.dns.table import RecordTable
 from pldns.dns.wire import Query
@@ -37,6 +37,7 @@ class FakeForwarder:
     def __init__(self) -> None:
         self.pending: list[tuple[bytes, Callable[[bytes | None], None]]] = []
         self.sent = 0
+        self.settings = Forward()  # the frontend reads forward.max_udp_size from it
 
     def forward(
         self, data: bytes, q: Query, limit: int, done: Callable[[bytes | None], None]

@@ -46,15 +46,16 @@ class Scale:
     dead_seconds: float
     reloads: int
     abuse_connections: int
+    p99_floor: float  # seconds: "p99 <= 2x healthy" is checked as p99 <= max(2x healthy, this)
 
 
 CI = Scale(
     udp_fuzz=60_000, tcp_fuzz=1_500, overload_seconds=2, dead_seconds=5, reloads=6,
-    abuse_connections=60,
+    abuse_connections=60, p99_floor=0.1,
 )  # fmt: skip
 FULL = Scale(
     udp_fuzz=1_000_000, tcp_fuzz=10_000, overload_seconds=10, dead_seconds=60, reloads=40,
-    abuse_connections=400,
+    abuse_connections=400, p99_floor=0.002,
 )  # fmt: skip
 
 
@@ -301,7 +302,9 @@ def dead_real(work: Path, world: World, scale: Scale, all_dead: bool) -> Row:
     waited = sum(1 for lat in res.latencies if lat >= TRY_TIMEOUT * 0.9)
     p99, hp99 = pct(late, 99), pct(healthy.latencies, 99)
     answered = res.answered / res.sent
-    ok = clean and answered >= 0.999 and p99 <= max(2 * hp99, 0.002)
+    # The --ci form runs beside other tests: its floor (100 ms) still catches any query that
+    # waits on the dead upstream (a try_timeout, 1 s), without failing on a busy machine.
+    ok = clean and answered >= 0.999 and p99 <= max(2 * hp99, scale.p99_floor)
     return Row("1 of 2 upstreams dead (real time)", f"{res.sent:,} queries over {scale.dead_seconds:g} s at 200/s",
                f"answered {answered:.2%}; p99 after detection {p99 * 1000:.1f} ms vs healthy "
                f"{hp99 * 1000:.1f} ms; {waited} sent before detection waited ~try_timeout",
