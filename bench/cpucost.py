@@ -294,6 +294,10 @@ def run(args: argparse.Namespace) -> None:
                             f"{k.split(':')[-1]}/q={v / max(completed, 1):.2f}"
                             for k, v in counts.items()
                         )
+                    if args.rss:
+                        with open(f"/proc/{srv.pid}/status") as sf:
+                            rss = next(ln for ln in sf if ln.startswith("VmRSS")).split()[1]
+                        extra += f"  rss={int(rss) / 1024:.1f}MB"
                     p50, p99, p999 = percentiles(verbose)
                     print(
                         f"{name:12s} {wl:6s} rate={args.rate} answered={completed} "
@@ -326,6 +330,7 @@ def main() -> None:
     ap.add_argument("--perf", action="store_true")
     ap.add_argument("--record", action="store_true", help="perf record: where the CPU goes")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--rss", action="store_true", help="the server's RSS after the run")
     ap.add_argument("--syscalls", action="store_true", help="perf trace -s: syscalls by kind")
     args = ap.parse_args()
     if os.environ.get("CPUCOST_IN_NETNS") != "1":

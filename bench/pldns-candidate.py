@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--region", default="cn-hangzhou", help="config `region` (required key)")
     ap.add_argument("--ttl", type=int, default=60, help="answers.ttl (default 60)")
     ap.add_argument("--log-level", default=None, help="passed to `pldns serve --log-level`")
+    ap.add_argument(
+        "--no-cache", action="store_true", help="cache.enabled: false (like the -nc peers)"
+    )
     ap.add_argument("--dry-run", action="store_true", help="write the config, print argv, no exec")
     args = ap.parse_args(argv)
 
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(synth, dict) or not synth:
         raise SystemExit(f"pldns-candidate: {args.synth_json}: expected a non-empty JSON object")
     config = build_config(synth, args.upstream, args.listen, args.region, args.ttl)
+    if args.no_cache:
+        config["cache"] = {"enabled": False}
 
     out = os.path.abspath(args.config_out)
     os.makedirs(os.path.dirname(out), exist_ok=True)

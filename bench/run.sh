@@ -6,6 +6,7 @@
 #   bench/run.sh --peers dnsdist --workloads synth,miss --duration 3 --lat-qps 0   # a quick look
 #   bench/run.sh --python /path/to/venv/bin/python ...   # test the pldns installed in that Python
 #   bench/run.sh --no-pldns ...                   # the harness alone (no pldns row)
+#   bench/run.sh --with-nc ...                    # also pldns-nc: pldns with cache.enabled false
 #   bench/run.sh --help                           # the harness's own options
 #
 # What it does, in order:
@@ -29,6 +30,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 python=""
 with_pldns=1
+with_nc=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --python)
@@ -36,6 +38,7 @@ while [[ $# -gt 0 ]]; do
       python="$2"; shift 2 ;;
     --python=*) python="${1#--python=}"; shift ;;
     --no-pldns) with_pldns=""; shift ;;
+    --with-nc) with_nc=1; shift ;;
     *) break ;;
   esac
 done
@@ -97,6 +100,9 @@ if [[ -n "$with_pldns" ]]; then
   # bench.py fills the {…} placeholders with str.format and runs `bash -c "exec COMMAND"`
   # in the cell directory: hence absolute, shell-quoted paths.
   candidate=(--candidate "pldns=$(printf '%q' "$python") $(printf '%q' "$here/pldns-candidate.py") --pldns $(printf '%q' "$pldns_exe") --synth-json {synth_json} --upstream {upstream} --listen {listen} --config-out {rundir}/pldns.yaml")
+  if [[ -n "$with_nc" ]]; then  # a second row: pldns with its cache off, like the -nc peers
+    candidate+=(--candidate "pldns-nc=$(printf '%q' "$python") $(printf '%q' "$here/pldns-candidate.py") --pldns $(printf '%q' "$pldns_exe") --synth-json {synth_json} --upstream {upstream} --listen {listen} --config-out {rundir}/pldns.yaml --no-cache")
+  fi
 fi
 
 # 3. data
