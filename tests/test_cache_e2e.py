@@ -411,6 +411,21 @@ def test_repeated_query_bytes_take_the_fast_path_with_the_same_answer(pldns, ups
     assert server.app.cache.prefetches["success"] == 1
 
 
+def test_a_client_outside_allow_gets_refused_even_for_a_hot_cached_query(pldns, upstream) -> None:
+    upstream.answer(WWW, WWW_IP)
+    server, _ = start(pldns, allow=["127.0.0.1/32"])
+    q = clients.make_query(WWW, "A")
+    for _ in range(3):
+        assert clients.a_records(clients.udp(server.addr, q)) == {WWW_IP}
+    assert len(server.app.frontend.cache.raw) == 1  # the fast path knows these bytes
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.2", 0))
+        sock.settimeout(5.0)
+        sock.sendto(q.to_wire(), server.addr)
+        reply = dns.message.from_wire(sock.recv(4096))
+    assert reply.rcode() == dns.rcode.REFUSED and not reply.answer
+
+
 def test_disabled_cache_forwards_every_query(pldns, upstream) -> None:
     upstream.answer(WWW, WWW_IP)
     server = pldns(in_process=True, cache={"enabled": False})

@@ -124,6 +124,8 @@ class Frontend:
         """
         start = time.perf_counter()
         hit = self.resolver.table.fast.get(data[2:])
+        if hit is None and self.cache is not None and self.cache.raw:
+            return self.cache.answer_udp(data, addr, sendto, start)  # a repeated cache hit
         if (
             hit is None
             or not self.accepting
