@@ -153,13 +153,22 @@ class App:
     def swap_table(self, table: RecordTable) -> None:
         """Replace the owned-name table whole; queries in progress keep the one they read.
 
-        Names that became owned lose their cache entries (they are answered locally now).
+        Names that became owned lose their cache entries (they are answered locally now), and
+        so do cached CNAME chains when a name became owned or got its first addresses: the
+        chain may end there, and must end at the owned answer now (dns/cname.py).
         """
         old = self.resolver.table.names
         self.resolver.table = table
         added = [name for name in table.names if name not in old]
         if added and self.cache.drop_names(frozenset(added)):
             log.info("dropped cached answers for %d newly owned name(s)", len(added))
+        known = [
+            name
+            for name, owned in table.names.items()
+            if owned.known and not (name in old and old[name].known)
+        ]
+        if known and self.cache.drop_chains():
+            log.info("dropped cached CNAME chains: %d name(s) now answered here", len(known))
 
     def _set_cache(self, config: Config) -> None:
         """Turn the cache hook on or off; a disabled cache is emptied (memory back)."""

@@ -15,9 +15,12 @@ import dns.rdatatype
 import pytest
 
 from pldns.dns.cname import REWRITTEN, SIGNED
+from pldns.dns.table import Addresses, build_table
 from tests.fakes import clients
 from tests.fakes.authority import (
     IN_ZONE_ALIAS,
+    LATE,
+    LATE_ALIAS,
     PLAIN_ALIAS,
     PUBLIC_IPS,
     SIGNED_ALIAS,
@@ -119,6 +122,31 @@ def test_a_cached_rewritten_answer_stays_owned(pldns, knot) -> None:
     assert str(again[0].question[0].name).rstrip(".") == IN_ZONE_ALIAS.upper()
     # A reply is counted just after it is sent, in pldns's thread: wait for the count.
     assert wait_until(lambda: server.stats.responses[("NOERROR", "cache")] == 2)
+    assert server.stats.chains == {REWRITTEN: 1}
+
+
+def test_cached_chains_are_dropped_when_their_end_gets_addresses(pldns, knot) -> None:
+    """A chain to an owned name without addresses is relayed (when_unknown: forward) and
+    cached; when the name gets addresses, the cached chain goes, and the next answer ends at
+    the owned addresses."""
+    services = {
+        "eci": {"domains": [OWNED], "static": list(OWNED_IPS)},
+        "acc": {"domains": [LATE]},
+    }
+    server = pldns(upstreams=[knot.address], in_process=True, services=services)
+    for _ in range(2):  # the second from the cache
+        msg = ask(server, LATE_ALIAS)
+        assert {rd for _, t, rd in answer(msg) if t == "A"} == set(PUBLIC_IPS[:1]), msg
+    assert wait_until(lambda: server.stats.responses[("NOERROR", "cache")] == 1)
+    table = build_table(
+        {"eci": [OWNED], "acc": [LATE]},
+        {"eci": Addresses(v4=OWNED_IPS), "acc": Addresses(v4=("192.168.20.5",))},
+        30,
+    )
+    server.call(lambda: server.app.swap_table(table))
+    msg = ask(server, LATE_ALIAS)
+    assert [t for _, t, _ in answer(msg)] == ["CNAME", "A"], msg
+    assert answer(msg)[1] == (LATE, "A", "192.168.20.5")
     assert server.stats.chains == {REWRITTEN: 1}
 
 

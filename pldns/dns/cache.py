@@ -30,6 +30,7 @@ import struct
 from collections import Counter
 from collections.abc import Collection
 
+from pldns.dns.cname import CNAME_IN
 from pldns.dns.rcode import DnsError
 from pldns.dns.settings import Cache
 from pldns.dns.wire import HEADER_LEN, TYPE_ANY, TYPE_OPT, TYPE_SOA, Query, skip_name
@@ -379,6 +380,19 @@ class PacketCache:
         for key in doomed:
             self._remove(key, self.entries[key])
         return len(doomed)
+
+    def drop_chains(self) -> int:
+        """Drop the entries whose answer holds a CNAME record: its chain may end at a name
+        pldns owns now (or has addresses for now), which gets the owned answer (cname.py)."""
+        doomed = [k for k, e in self.entries.items() if _has_cname(e.blob)]
+        for key in doomed:
+            self._remove(key, self.entries[key])
+        return len(doomed)
+
+
+def _has_cname(blob: bytes) -> bool:
+    """Does a stored body (question left out) hold TYPE CNAME + CLASS IN after its header?"""
+    return blob.find(CNAME_IN, HEADER_LEN, (blob[0] << 8) | blob[1]) >= 0
 
 
 def _age(blob: bytes, age: int, tail: int, expires: float, lifetime: int, kind: int) -> bytes:

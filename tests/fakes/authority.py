@@ -21,6 +21,8 @@ PUBLIC_IPS = ("100.100.1.2", "100.100.1.3")
 IN_ZONE_ALIAS = "alias.cn-hangzhou.aliyuncs.com"  # CNAME OWNED, in the same zone
 SIGNED_ALIAS = "api.corp.test"  # CNAME OWNED, from a signed zone
 PLAIN_ALIAS = "www.plain.test"
+LATE = "acc-vpc.cn-hangzhou.aliyuncs.com"  # owned by a test service that has no address yet
+LATE_ALIAS = "alias2.cn-hangzhou.aliyuncs.com"  # CNAME LATE
 ZONES = (
     "aliyuncs.com",
     "corp.test",
@@ -38,6 +40,7 @@ class Knot(_Peer):
             "$ORIGIN aliyuncs.com.\n$TTL 300\n"
             "@ SOA ns1 hostmaster 1 3600 600 86400 300\n@ NS ns1\nns1 A 127.0.0.1\n"
             f"alias.cn-hangzhou CNAME {OWNED}.\n{publics}"
+            f"alias2.cn-hangzhou CNAME {LATE}.\nacc-vpc.cn-hangzhou A {PUBLIC_IPS[0]}\n"
         )
         (d / "corp.test.zone").write_text(
             "$ORIGIN corp.test.\n$TTL 300\n"
