@@ -384,7 +384,11 @@ def status_command(
         ready_code, ready_body = _get(opener, f"{base}/readyz")
     except (OSError, ValueError, http.client.HTTPException) as problem:
         reason = getattr(problem, "reason", None) or problem
-        print(f"pldns status: cannot read {base}/status: {reason}", file=err)
+        print(
+            f"pldns status: cannot read {base}/status: {reason}: is pldns running with its "
+            "HTTP endpoint there? (--config FILE takes the address from http.listen)",
+            file=err,
+        )
         return EXIT_UNREACHABLE
     # /readyz is the verdict; a server without it (another status code): trust the document.
     ready = ready_code == 200 if ready_code in (200, 503) else bool(doc.get("ready"))

@@ -313,6 +313,7 @@ def test_unreachable_exits_2_with_one_line() -> None:
     assert (code, out) == (2, "")
     assert err.startswith(f"pldns status: cannot read {url}/status: ")
     assert err.count("\n") == 1 and "refused" in err.lower()
+    assert err.rstrip().endswith("(--config FILE takes the address from http.listen)")
 
 
 def test_proxy_settings_are_ignored(serve, doc, monkeypatch) -> None:
