@@ -13,7 +13,7 @@ from typing import Any
 
 from pldns.app import App
 from pldns.dns.cache import PacketCache
-from pldns.dns.leak import MAX_NAMES, LeakRecord
+from pldns.dns.leak import MAX_ADDRESSES, MAX_NAMES, LeakRecord
 from pldns.dns.stats import Histogram, Stats, UpstreamStats
 
 
@@ -105,7 +105,7 @@ def merge_leaks(parts: list[list[LeakRecord]]) -> OrderedDict[str, LeakRecord]:
                     r.name, set(r.addresses), r.count, r.first_seen, r.last_seen
                 )
                 continue
-            m.addresses |= r.addresses
+            m.addresses = set(sorted(m.addresses | r.addresses)[:MAX_ADDRESSES])
             m.count += r.count
             m.first_seen = min(m.first_seen, r.first_seen)
             m.last_seen = max(m.last_seen, r.last_seen)

@@ -21,6 +21,9 @@ from pldns.dns.wire import TYPE_A, TYPE_AAAA, decode_name, encode_name, skip_nam
 log = logging.getLogger("pldns.leak")
 
 MAX_NAMES = 1_000  # names remembered; the oldest is forgotten first
+# Addresses remembered per name: the first ones seen. An upstream that rotates through the
+# 4M addresses of 100.64.0.0/10 must not grow a record (or its log line, or /status) forever.
+MAX_ADDRESSES = 16
 
 
 @dataclass
@@ -85,7 +88,10 @@ class LeakDetector:
             self.names.popitem(last=False)
         record.count += 1
         record.last_seen = now
-        record.addresses.update(leaked)
+        for address in leaked:
+            if len(record.addresses) >= MAX_ADDRESSES:
+                break
+            record.addresses.add(address)
         if now - record.last_logged >= self.settings.interval:
             record.last_logged = now
             log.warning(
