@@ -186,12 +186,21 @@ def ops(tmp_path: Path, fake_upstreams: Callable[..., FakeUpstream], cloud: Any)
         return server
 
     yield start
-    for server in started:
-        if server.proc is not None and server.proc.poll() is None:
-            no_secret_anywhere(server, live=True)
-        server.stop()
-        no_secret_anywhere(server, live=False)
-        assert "Traceback" not in server.log(), server.log()
+    problems = []
+    for server in started:  # every server is stopped, whatever a check finds
+        try:
+            if server.proc is not None and server.proc.poll() is None:
+                no_secret_anywhere(server, live=True)
+        except AssertionError as err:
+            problems.append(str(err))
+        finally:
+            server.stop()
+        try:
+            no_secret_anywhere(server, live=False)
+            assert "Traceback" not in server.log(), server.log()
+        except AssertionError as err:
+            problems.append(str(err))
+    assert not problems, "\n".join(problems)
 
 
 def test_metrics_move_with_real_queries(ops: Any, upstream: FakeUpstream) -> None:

@@ -1,13 +1,20 @@
 """A TCP client that writes queries but does not read the replies cannot grow our memory:
 once the send buffer is over its high-water mark, the connection stops reading.
 
-A TcpConnection driven through a fake transport (inside a running loop, for its timers)."""
+First a TcpConnection driven through a fake transport (inside a running loop, for its
+timers); then a real connection to an in-process pldns, with the bytes queued measured on
+the server's own transport."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
 
 import dns.message
+import pytest
 
 from pldns.app import App
 from pldns.config import parse_config
@@ -104,3 +111,78 @@ async def _blocked_mid_burst() -> None:
     conn.resume_writing()
     assert len(transport.written) == 8 and transport.reading
     conn.connection_lost(None)
+
+
+# -- a real connection: the bytes queued for a client that never reads ----------------------
+
+
+def _sampler(server: Any, peaks: dict[str, int], every: float = 0.001) -> Callable[[], None]:
+    """On the server's loop, every `every` s: the largest send buffer (bytes queued for the
+    client in our process) and input buffer (read, not yet served) of any TCP connection."""
+    stopped = False
+
+    def sample() -> None:
+        if stopped:
+            return
+        for conn in list(server.app.connections):
+            t = conn.transport
+            if t is not None:
+                peaks["queued"] = max(peaks["queued"], t.get_write_buffer_size())
+            peaks["input"] = max(peaks["input"], len(conn.buffer))
+        server.loop.call_later(every, sample)
+
+    server.loop.call_soon_threadsafe(sample)
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+
+    return stop
+
+
+@pytest.mark.parametrize("max_queued", [65_537, 262_144], ids=["smallest-cap", "default-cap"])
+def test_a_client_that_never_reads_holds_bounded_bytes_in_a_real_connection(
+    pldns, max_queued: int
+) -> None:
+    """A real socket pipelines owned queries and never reads. Measured on the server's own
+    transport: the bytes queued for it stay under tcp.max_queued_bytes plus one reply and
+    the bytes read ahead stay bounded; the server either stops reading (the client's sends
+    block: the rest waits in the kernel's buffers, not in pldns) or cuts the client off
+    (counted as unread); other clients are served throughout."""
+    server = pldns(in_process=True, tcp={"idle_timeout": 30.0, "max_queued_bytes": max_queued})
+    peaks = {"queued": 0, "input": 0}
+    stop = _sampler(server, peaks)
+    burst = framed(1) * 500  # ~25 KB of queries, each answered with ~90 bytes
+    sent = 0
+    outcome = ""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(server.addr)
+        sock.settimeout(1.0)
+        end = time.monotonic() + 60.0  # a cap for a loaded machine; idle it takes ~1 s
+        while time.monotonic() < end and not outcome:
+            try:
+                sent += sock.send(burst)
+            except TimeoutError:
+                outcome = "blocked"  # nothing more fits: the server has stopped reading
+            except (ConnectionResetError, BrokenPipeError):
+                outcome = "cut off"
+        assert outcome, f"the server kept reading: {sent} bytes of queries taken"
+        if outcome == "blocked":
+            # Served replies filled the client's receive buffer, the kernel's send buffer
+            # and then our transport's buffer, where pausing holds them.
+            assert peaks["queued"] > 0, "no reply ever waited in our buffer: nothing measured"
+    finally:
+        stop()
+        sock.close()
+    unread = server.call(lambda: server.stats.tcp_closed["unread"])
+    assert (outcome == "cut off") == (unread == 1), (outcome, unread)
+    reply_size = len(dns.message.make_query(OWNED, "A").to_wire()) + 200
+    assert peaks["queued"] <= max_queued + 2 + reply_size, peaks
+    assert peaks["input"] <= 256 * 1024, peaks  # one read's worth at most, not all we were sent
+    assert sent > 65_536, "the client could not even fill a send buffer"
+    with socket.create_connection(server.addr, timeout=5) as other:
+        other.sendall(framed(1))
+        other.settimeout(5)
+        assert len(other.recv(2)) == 2, "another client is not served"
