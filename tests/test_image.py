@@ -365,22 +365,29 @@ def test_the_image_is_named_alike_everywhere() -> None:
 # -- `python3 -m tests.test_image`: the file list's largest entries ------------------------------
 
 
-def report(root: Path, top: int = 25) -> str:
-    sizes: dict[str, int] = {}
-    for rel, path in walk(root):
-        if path.is_file() and not path.is_symlink():
-            size = path.stat().st_size
-            parts = rel.split("/")
-            for depth in range(2, min(len(parts), 7) + 1):
-                key = "/".join(parts[:depth])
-                sizes[key] = sizes.get(key, 0) + size
-    lines = [
-        f"{sizes.get('/' + p.name, 0) >> 10:>8} KiB  /{p.name}" for p in sorted(root.iterdir())
-    ]
-    lines.append("largest entries:")
-    ranked = sorted(sizes.items(), key=lambda kv: -kv[1])[:top]
-    lines += [f"{size >> 10:>8} KiB  {rel}" for rel, size in ranked]
-    return "\n".join(lines)
+def report(root: Path, top: int = 20) -> str:
+    """Sizes by top-level directory, by package in the venv, and the largest files."""
+    files = [(rel, p.stat().st_size) for rel, p in walk(root) if p.is_file() and not p.is_symlink()]
+    tops: dict[str, int] = {}
+    packages: dict[str, int] = {}
+    site = VENV + "/lib/python3.11/site-packages/"
+    for rel, size in files:
+        tops["/" + rel.split("/")[1]] = tops.get("/" + rel.split("/")[1], 0) + size
+        if rel.startswith(site):
+            name = rel[len(site) :].split("/")[0]
+            packages[name] = packages.get(name, 0) + size
+
+    def ranked(sizes: dict[str, int] | list[tuple[str, int]], n: int) -> list[str]:
+        items = sizes.items() if isinstance(sizes, dict) else sizes
+        return [
+            f"{size >> 10:>8} KiB  {rel}" for rel, size in sorted(items, key=lambda kv: -kv[1])[:n]
+        ]
+
+    total = sum(size for _, size in files)
+    return "\n".join(
+        [f"{total >> 10:>8} KiB  in {len(files)} files", *ranked(tops, 8),
+         f"{site}:", *ranked(packages, 12), "largest files:", *ranked(files, top)]
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
