@@ -187,12 +187,19 @@ class Upstream:
         quota = self.settings.socket_queries
         budget = quota if quota < 4 else random.randint(quota // 2, quota)
         # A connected socket: the kernel picks a random ephemeral port, and drops datagrams
-        # from any other source before we see them.
-        _, channel = await loop.create_datagram_endpoint(
-            lambda: Channel(self.owner, budget),
-            remote_addr=(self.address.host, self.address.port),
-            family=self.family,
-        )
+        # from any other source before we see them. Made here, not by the loop from
+        # remote_addr: that path resolves the (numeric) address in the loop's thread pool, a
+        # thread hop per socket opened (every `socket_queries` sends).
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect((self.address.host, self.address.port))
+            _, channel = await loop.create_datagram_endpoint(
+                lambda: Channel(self.owner, budget), sock=sock
+            )
+        except BaseException:
+            sock.close()
+            raise
         return channel
 
     def close(self) -> None:
