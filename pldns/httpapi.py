@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 log = logging.getLogger("pldns.http")
 
@@ -18,6 +20,36 @@ Route = Callable[[], tuple[int, str, bytes]]
 MAX_REQUEST = 8192
 READ_TIMEOUT = 5.0
 REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+def ops_routes(
+    ready: Callable[[], tuple[bool, str]],
+    metrics: Callable[[], tuple[bytes, str]],
+    status: Callable[[], Mapping[str, Any]],
+) -> dict[str, Route]:
+    """The one route table of `pldns serve` and `pldns sync`: /healthz, /readyz, /metrics,
+    /status. Each process passes its own readiness, exposition and status document.
+
+    /healthz is answered by the event loop itself, so it means "the loop is alive"; /readyz is
+    200 or 503 with the reason as the body (a probe's log shows why).
+    """
+
+    def healthz() -> tuple[int, str, bytes]:
+        return 200, "text/plain", b"ok\n"
+
+    def readyz() -> tuple[int, str, bytes]:
+        ok, reason = ready()
+        return (200 if ok else 503), "text/plain", (reason + "\n").encode()
+
+    def scrape() -> tuple[int, str, bytes]:
+        body, ctype = metrics()
+        return 200, ctype, body
+
+    def describe() -> tuple[int, str, bytes]:
+        body = json.dumps(status(), indent=2, default=str).encode() + b"\n"
+        return 200, "application/json", body
+
+    return {"/healthz": healthz, "/readyz": readyz, "/metrics": scrape, "/status": describe}
 
 
 class HttpApi:

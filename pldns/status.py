@@ -21,6 +21,7 @@ import pldns
 from pldns.config.dns import Service
 from pldns.dns.table import Addresses
 from pldns.dns.wire import escape_text
+from pldns.tabletext import Paint, align
 
 if TYPE_CHECKING:
     from pldns.app import App
@@ -188,29 +189,6 @@ def _ago(ts: float | None, now: float) -> str:
     return "never" if ts is None else f"{duration(now - ts)} ago"
 
 
-class _Paint:
-    def __init__(self, color: bool) -> None:
-        self.color = color
-
-    def __call__(self, text: str, *codes: str) -> str:
-        if not self.color or not codes:
-            return text
-        return f"\033[{';'.join(codes)}m{text}\033[0m"
-
-
-def _table(rows: Sequence[Sequence[tuple[str, tuple[str, ...]]]], paint: _Paint) -> list[str]:
-    """Left-aligned columns; widths from the plain text so colour never breaks alignment."""
-    widths = [max(len(row[i][0]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        cells = [
-            paint(text.ljust(width) if i < len(row) - 1 else text, *codes)
-            for i, ((text, codes), width) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
 def _service_rows(doc: Mapping[str, Any]) -> list[list[tuple[str, tuple[str, ...]]]]:
     head = ("SERVICE", "DOMAINS", "ZONE", "IP", "ENDPOINT", "STATUS")
     rows: list[list[tuple[str, tuple[str, ...]]]] = [[(h, (_BOLD,)) for h in head]]
@@ -236,7 +214,7 @@ def _service_rows(doc: Mapping[str, Any]) -> list[list[tuple[str, tuple[str, ...
     return rows
 
 
-def _sync_lines(sync: Mapping[str, Any], now: float, paint: _Paint) -> list[str]:
+def _sync_lines(sync: Mapping[str, Any], now: float, paint: Paint) -> list[str]:
     if sync.get("source", "static") == "static":
         return [f"{paint('SYNC', _BOLD)}      static addresses only (no sync source)"]
     age = sync.get("age")
@@ -258,7 +236,7 @@ def _sync_lines(sync: Mapping[str, Any], now: float, paint: _Paint) -> list[str]
     return lines
 
 
-def _upstream_lines(upstreams: Sequence[Mapping[str, Any]], paint: _Paint) -> list[str]:
+def _upstream_lines(upstreams: Sequence[Mapping[str, Any]], paint: Paint) -> list[str]:
     if not upstreams:
         return []
     width = max(len(u["name"]) for u in upstreams)
@@ -281,7 +259,7 @@ def _upstream_lines(upstreams: Sequence[Mapping[str, Any]], paint: _Paint) -> li
     return lines
 
 
-def _leak_lines(doc: Mapping[str, Any], now: float, paint: _Paint) -> list[str]:
+def _leak_lines(doc: Mapping[str, Any], now: float, paint: Paint) -> list[str]:
     leaks = doc.get("leaks") or []
     if not doc.get("leak_detection", True):
         return [f"{paint('LEAKS', _BOLD)}     leak detection is off"]
@@ -317,6 +295,13 @@ def _cache_lines(cache: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
+def verdict_text(doc: Mapping[str, Any], paint: Paint) -> str:
+    """READY, or NOT READY with the reason: the first word of every status view."""
+    if doc.get("ready"):
+        return paint("READY", _GREEN, _BOLD)
+    return paint(f"NOT READY: {doc.get('reason') or 'unknown'}", _RED, _BOLD)
+
+
 def render_status(doc: Mapping[str, Any], color: bool) -> str:
     """The status document as text: the verdict first, then what it rests on. A syncer's
     document (role "syncer", from `pldns sync`) is drawn as a syncer."""
@@ -324,12 +309,9 @@ def render_status(doc: Mapping[str, Any], color: bool) -> str:
         from pldns.syncstatus import render_syncer
 
         return render_syncer(doc, color)
-    paint = _Paint(color)
+    paint = Paint(color)
     now = float(doc.get("now") or time.time())
-    if doc.get("ready"):
-        verdict = paint("READY", _GREEN, _BOLD)
-    else:
-        verdict = paint(f"NOT READY: {doc.get('reason') or 'unknown'}", _RED, _BOLD)
+    verdict = verdict_text(doc, paint)
     config = doc.get("config") or {}
     about = f"pldns {doc.get('version', '?')}, up {duration(float(doc.get('uptime') or 0))}"
     if config:
@@ -341,7 +323,7 @@ def render_status(doc: Mapping[str, Any], color: bool) -> str:
     lines.append("listening on " + (", ".join(doc.get("listeners") or []) or "nothing"))
     lines.append("")
     if doc.get("services"):
-        lines.extend(_table(_service_rows(doc), paint))
+        lines.extend(align(_service_rows(doc), paint))
     else:
         lines.append("no services configured: every query is forwarded")
     lines.append("")

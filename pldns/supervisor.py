@@ -21,7 +21,7 @@ from pldns import logs
 from pldns.app import App, config_version
 from pldns.config import load_config
 from pldns.config.schema import ConfigError
-from pldns.httpapi import HttpApi, Route
+from pldns.httpapi import HttpApi, Route, ops_routes
 from pldns.notify import notify
 
 log = logging.getLogger("pldns")
@@ -66,23 +66,7 @@ class Supervisor:
         from pldns.status import build_status
 
         app = self.app
-
-        def healthz() -> tuple[int, str, bytes]:
-            return 200, "text/plain", b"ok\n"  # answered by the event loop: it is alive
-
-        def readyz() -> tuple[int, str, bytes]:
-            ok, reason = app.ready()
-            return (200 if ok else 503), "text/plain", (reason + "\n").encode()
-
-        def metrics() -> tuple[int, str, bytes]:
-            body, ctype = render(app)
-            return 200, ctype, body
-
-        def status() -> tuple[int, str, bytes]:
-            body = json.dumps(build_status(app), indent=2, default=str).encode() + b"\n"
-            return 200, "application/json", body
-
-        return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics, "/status": status}
+        return ops_routes(app.ready, lambda: render(app), lambda: build_status(app))
 
     def actions(self) -> dict[str, Route]:
         """POST routes: operations that change state."""

@@ -4,39 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from pldns import logs
 from pldns.config import Config
 from pldns.config.sync import SOURCE_PRIVATELINK
-from pldns.httpapi import HttpApi
+from pldns.httpapi import HttpApi, ops_routes
 from pldns.metrics import render_sync
 from pldns.sync.loop import Syncer, SyncState
 from pldns.sync.privatelink import PrivateLinkSource, api_host
 from pldns.sync.snapshot import FileSink, SnapshotSink
 from pldns.sync.task import supervise
 from pldns.syncstatus import build_sync_status
+from pldns.tabletext import format_table
 
 if TYPE_CHECKING:
     from pldns.sync.lease import LeaseElector
 
 log = logging.getLogger("pldns.sync")
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
 
 
 def print_round(source: PrivateLinkSource, out: TextIO) -> None:
@@ -138,29 +128,19 @@ async def start_http(
     if config.http.listen is None:
         return None
 
-    def readyz() -> tuple[int, str, bytes]:
-        ok, reason = sync_ready(state, elector)
-        return (200 if ok else 503), "text/plain", (reason + "\n").encode()
-
-    def metrics() -> tuple[int, str, bytes]:
-        body, ctype = render_sync(state, lambda: sync_ready(state, elector)[0])
-        return 200, ctype, body
-
     started_at = time.time()
 
-    def status() -> tuple[int, str, bytes]:
+    def status() -> dict[str, object]:
         syncer = current() if current is not None else None
         ready = sync_ready(state, elector)
-        doc = build_sync_status(config, state, ready, elector, syncer, started_at)
-        return 200, "application/json", json.dumps(doc, indent=2, default=str).encode() + b"\n"
+        return build_sync_status(config, state, ready, elector, syncer, started_at)
 
     http = HttpApi(
-        {
-            "/healthz": lambda: (200, "text/plain", b"ok\n"),
-            "/readyz": readyz,
-            "/metrics": metrics,
-            "/status": status,
-        }
+        ops_routes(
+            lambda: sync_ready(state, elector),
+            lambda: render_sync(state, lambda: sync_ready(state, elector)[0]),
+            status,
+        )
     )
     await http.start(*config.http.listen)
     log.info("HTTP endpoint on %s:%d (/metrics /healthz /readyz /status)", *config.http.listen)

@@ -21,13 +21,13 @@ from pldns.status import (
     _RED,
     _YELLOW,
     _ago,
-    _Paint,
     _service,
     _service_rows,
     _sync_lines,
-    _table,
     duration,
+    verdict_text,
 )
+from pldns.tabletext import Paint, align
 
 if TYPE_CHECKING:
     from pldns.config import Config
@@ -126,12 +126,9 @@ def _failure_line(sync: Mapping[str, Any], paint: Callable[..., str]) -> str:
 
 def render_syncer(doc: Mapping[str, Any], color: bool) -> str:
     """A syncer's status document as text: verdict, lease, publishing, services, failures."""
-    paint = _Paint(color)
+    paint = Paint(color)
     now = float(doc.get("now") or time.time())
-    if doc.get("ready"):
-        verdict = paint("READY", _GREEN, _BOLD)
-    else:
-        verdict = paint(f"NOT READY: {doc.get('reason') or 'unknown'}", _RED, _BOLD)
+    verdict = verdict_text(doc, paint)
     config = doc.get("config") or {}
     about = f"pldns {doc.get('version', '?')} syncer (no DNS listener)"
     if doc.get("uptime") is not None:
@@ -144,7 +141,7 @@ def render_syncer(doc: Mapping[str, Any], color: bool) -> str:
     lines.append(_publish_line(doc.get("publish") or {}, now, paint))
     lines.append("")
     if doc.get("services"):
-        lines.extend(_table(_service_rows(doc), paint))
+        lines.extend(align(_service_rows(doc), paint))
     else:
         lines.append("no services known yet")
     lines.append("")

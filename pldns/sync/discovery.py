@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from pldns.config import Config
 from pldns.sync.privatelink import PrivateLinkSource, classify, quiet_sdk_logging, sdk_config
 from pldns.sync.source import SourceError
-from pldns.synccli import format_table
+from pldns.tabletext import format_table
 
 PVTZ_HOST = "pvtz.aliyuncs.com"
 CLOUD_PRODUCT_ZONE = "CLOUD_PRODUCT_ZONE"
