@@ -100,7 +100,9 @@ class App:
         self.stats = Stats()
         self.sync_state = SyncState()
         self.upstreams = upstream_addresses(config) if upstreams is None else upstreams
-        self.resolver = Resolver(RecordTable(), config.answers.when_unknown, self.stats)
+        self.resolver = Resolver(
+            RecordTable(), config.answers.when_unknown, self.stats, config.forward.max_udp_size
+        )
         self.cache = PacketCache(config.cache)
         self.syncer = self._new_syncer(config, None)
         self.leaks = LeakDetector(config.leaks) if config.leaks.enabled else None
@@ -375,6 +377,7 @@ class App:
             self.leaks = LeakDetector(new.leaks) if new.leaks.enabled else None
             fe.leaks = self.leaks
         self.resolver.when_unknown = new.answers.when_unknown
+        self.resolver.max_udp_size = new.forward.max_udp_size
         if new.cache != old.cache:
             self._set_cache(new)
         self.config = new

@@ -85,3 +85,22 @@ def test_big_answers_are_left_to_the_full_path() -> None:
     assert resolver.fast(data, "udp") is None
     slow = resolver.resolve(data, "udp")
     assert isinstance(slow, Local) and dns.message.from_wire(slow.reply).flags & dns.flags.TC
+
+
+def test_owned_udp_answers_are_capped_at_max_udp_size_whatever_the_client_advertises() -> None:
+    """100 addresses make a ~1.6 KB answer: a client advertising 4096 still gets at most
+    forward.max_udp_size over UDP (TC=1, so it retries over TCP), and the whole RRset over TCP."""
+    many = Addresses(tuple(f"10.0.{i // 250}.{i % 250 + 1}" for i in range(100)))
+    resolver = _resolver(eci=many)
+    query = dns.message.make_query(NAMES[0], "A", use_edns=0, payload=4096).to_wire()
+    udp = resolver.resolve(query, "udp")
+    tcp = resolver.resolve(query, "tcp")
+    assert isinstance(udp, Local) and isinstance(tcp, Local)
+    assert len(tcp.reply) > 1232
+    full = dns.message.from_wire(tcp.reply)
+    assert len(full.answer[0]) == 100 and not full.flags & dns.flags.TC
+    assert len(udp.reply) <= 1232
+    cut = dns.message.from_wire(udp.reply)
+    assert cut.flags & dns.flags.TC
+    resolver.max_udp_size = 4096  # the operator raised the cap: the client's 4096 applies
+    assert len(resolver.resolve(query, "udp").reply) == len(tcp.reply)

@@ -9,6 +9,7 @@ import itertools
 from dataclasses import dataclass
 
 from pldns.dns.rcode import SERVFAIL, BadVersion, DnsError, Refused
+from pldns.dns.settings import DEFAULT_MAX_UDP_SIZE
 from pldns.dns.stats import QTYPE_LABELS, Stats
 from pldns.dns.table import RecordTable
 from pldns.dns.wire import (
@@ -50,10 +51,19 @@ class Local:
 class Resolver:
     """Holds the current table; `table` is replaced whole by the sync (never mutated)."""
 
-    def __init__(self, table: RecordTable, when_unknown: str, stats: Stats) -> None:
+    def __init__(
+        self,
+        table: RecordTable,
+        when_unknown: str,
+        stats: Stats,
+        max_udp_size: int = DEFAULT_MAX_UDP_SIZE,
+    ) -> None:
         self.table = table
         self.when_unknown = when_unknown
         self.stats = stats
+        # The largest UDP answer whatever the client advertises (forward.max_udp_size): an
+        # owned name with many addresses must not become an amplifier either.
+        self.max_udp_size = max_udp_size
         self._turn = itertools.count()
 
     def turn(self) -> int:
@@ -139,6 +149,6 @@ class Resolver:
             # tiny zone has no delegation to publish). Never NXDOMAIN and never forwarded, or
             # a public AAAA/HTTPS answer would lead clients around the endpoint.
             reply = build_answer(data, q, 0, b"", 1, owned.soa, aa=aa)
-        if proto == "udp" and len(reply) > udp_limit(q):
+        if proto == "udp" and len(reply) > min(udp_limit(q), self.max_udp_size):
             reply = truncate(reply, q.qend, q.opt)
         return Local(reply, SOURCE_OWNED)
