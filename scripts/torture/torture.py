@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from load import UdpLoad, owned_query, query  # noqa: E402
-from upstreams import SPOOF_IP, World  # noqa: E402
+from upstreams import SPOOF_IP, World, free_port  # noqa: E402
 
 OWNED = "eci-vpc.cn-hangzhou.aliyuncs.com"
 DEADLINE = 3.0
@@ -145,12 +145,6 @@ class Pldns:
             self.proc.kill()
             return False
         return not crashed and code == 0 and "Traceback" not in self.log.read_text()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_note(before: float, after: float) -> str:
