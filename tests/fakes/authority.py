@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.fakes.peers import _Peer, unbound_server
+from tests.fakes.peers import _Peer, dnsmasq_base_args, unbound_server
 from tests.fakes.proc import OWNED
 
 PUBLIC_IPS = ("100.100.1.2", "100.100.1.3")
@@ -99,17 +99,7 @@ class ChainDnsmasq(_Peer):
         hosts = [f"--host-record={OWNED},{ip}" for ip in PUBLIC_IPS[:1]]
         return [
             self.path(),
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--conf-file=/dev/null",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            f"--port={self.port}",
-            "--pid-file=",
-            "--log-facility=-",
-            "--local-ttl=60",
+            *dnsmasq_base_args(self.port),
             "--local=/test/",
             "--local=/aliyuncs.com/",
             *hosts,

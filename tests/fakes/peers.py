@@ -31,6 +31,23 @@ def big_txt_strings() -> list[str]:
     return [f"{i:03d}-" + "y" * 55 for i in range(BIG_TXT_RECORDS)]
 
 
+def dnsmasq_base_args(port: int) -> list[str]:
+    """dnsmasq in the foreground on 127.0.0.1:port, reading no system files, logging to stderr."""
+    return [
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        "--conf-file=/dev/null",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        f"--port={port}",
+        "--pid-file=",
+        "--log-facility=-",
+        "--local-ttl=60",
+    ]
+
+
 class _Peer:
     binary = ""
 
@@ -158,17 +175,7 @@ class Dnsmasq(_Peer):
         www = [f"--address=/{WWW}/{ip}" for ip in WWW_IPS]
         return [
             self.path(),
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--conf-file=/dev/null",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            f"--port={self.port}",
-            "--pid-file=",
-            "--log-facility=-",
-            "--local-ttl=60",
+            *dnsmasq_base_args(self.port),
             f"--local=/{ZONE}/",
             *servers,
             *www,
