@@ -31,7 +31,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from load import UdpLoad, owned_query, query  # noqa: E402
-from upstreams import SPOOF_IP, World, free_port  # noqa: E402
+from upstreams import SPOOF_IP, World  # noqa: E402
+
+from tests.fakes.ports import free_port  # noqa: E402
 
 OWNED = "eci-vpc.cn-hangzhou.aliyuncs.com"
 DEADLINE = 3.0

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import socket
 import threading
+
+from tests.fakes.ports import bind_pair  # torture.py puts the repository on sys.path
 
 SPOOF_IP = bytes((203, 0, 113, 66))
 GOOD_IP = bytes((192, 0, 2, 1))
@@ -39,39 +40,6 @@ def answer(query: bytes, ip: bytes = GOOD_IP, qid: bytes | None = None) -> bytes
         return head + b"\x00\x01\x00\x30\x00\x00\x00\x00" + query[12:end] + rr
     rr = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + ip
     return head + b"\x00\x01\x00\x01\x00\x00\x00\x00" + query[12:end] + rr
-
-
-# Fixed ports are picked below Linux's ephemeral range (32768-60999 by default): the sockets
-# pldns and the load generators open on port 0 take ephemeral ports, so a port picked here
-# cannot be taken between the pick and the bind (a port-0 pick could, and did: "Address
-# already in use" under load).
-LOW_PORTS = range(20000, 32000)
-
-
-def bind_pair(host: str = "127.0.0.1") -> tuple[socket.socket, socket.socket]:
-    """A TCP and a UDP socket bound to the same free port below the ephemeral range."""
-    for _ in range(1000):
-        port = random.choice(LOW_PORTS)
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind((host, port))
-            udp.bind((host, port))
-            return tcp, udp
-        except OSError:
-            tcp.close()
-            udp.close()
-    raise OSError("no free port pair below the ephemeral range")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for TCP and UDP now, below the ephemeral range (see LOW_PORTS)."""
-    tcp, udp = bind_pair(host)
-    port = int(tcp.getsockname()[1])
-    tcp.close()
-    udp.close()
-    return port
 
 
 class Upstream:

@@ -5,4 +5,5 @@
 - `proc.PldnsProcess` / `proc.InProcessPldns`: pldns itself, as a subprocess or in a thread.
 - `clients`: dnspython, raw-socket, dig and kdig helpers with fixed small timeouts.
 - `peers`: real Debian DNS servers (unbound, dnsmasq) as upstreams.
+- `ports.free_port`: a port for a server started later, below the ephemeral range.
 """

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.fakes.ports import free_port as free_port  # the tests import it from here
 
 REPO = Path(__file__).resolve().parents[2]
 READY_LINE = "serving on"
@@ -29,22 +30,6 @@ REGION = "cn-hangzhou"
 OWNED = "eci-vpc.cn-hangzhou.aliyuncs.com"
 OWNED_2 = "eci.cn-hangzhou.aliyuncs.com"
 OWNED_IPS = ("192.168.10.5", "192.168.11.5")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on `host` right now (closed again before returning)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
-        with socket.socket(family, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(family, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError(f"no free port on {host}")
 
 
 def listen_address(host: str, port: int) -> str:
