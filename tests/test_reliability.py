@@ -260,14 +260,26 @@ def test_slowloris_is_closed_and_fresh_clients_are_served(pldns) -> None:
 
 
 def test_idle_counts_from_the_last_complete_query(pldns) -> None:
-    server = pldns(tcp={"idle_timeout": 1.0, "query_timeout": 1.0})
+    # After a complete query, the first bytes of the next one start the query_timeout clock
+    # (1 s) and are not activity: they neither restart the idle clock (4 s from the last
+    # reply, which would close at ~3.5 s after them) nor is the query clock counted from
+    # the last complete query (which would close ~0.5 s after them). The bounds are wide
+    # apart on purpose: the lower one cannot be broken by load (pldns sees the bytes after
+    # `sent`, and CLOCK_MONOTONIC is one clock for both processes, so load only makes the
+    # close later); the upper one leaves 1.5 s for a loaded machine to be late and still
+    # sits 1 s below the idle restart. (It was 1 s vs < 1.8 s, and failed under 2 CPU hogs.)
+    server = pldns(tcp={"idle_timeout": 4.0, "query_timeout": 1.0})
     wire = clients.frame(make_query(OWNED, "A").to_wire())
     with clients.tcp_connect(server.addr) as sock:
         sock.sendall(wire)
         assert clients.recv_frame(sock) is not None
+        time.sleep(0.5)
+        sent = time.monotonic()
         sock.sendall(wire[:3])  # a partial query does not count as activity
-        took = clients.wait_closed(sock, timeout=4.0)
-    assert took is not None and took < 1.8
+        closed = clients.wait_closed(sock, timeout=8.0)
+        took = time.monotonic() - sent
+    assert closed is not None, "a partial query kept the connection open"
+    assert 0.95 <= took < 2.5, f"closed {took:.2f}s after the partial query, not ~1s"
 
 
 def test_a_client_that_never_reads_is_cut_off_and_counted(pldns, upstream) -> None:
