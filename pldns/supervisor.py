@@ -14,12 +14,12 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pldns import logs
 from pldns.app import App, config_version
-from pldns.config import load_config
+from pldns.config import Config, load_config
 from pldns.config.schema import ConfigError
 from pldns.httpapi import HttpApi, Route, ops_routes
 from pldns.notify import notify
@@ -38,15 +38,31 @@ def file_signature(path: str) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+async def wait_event(event: asyncio.Event, timeout: float | None) -> None:
+    """Until `event` is set or `timeout` seconds have passed (None: no timeout)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+
+
 class Supervisor:
-    def __init__(self, app: App) -> None:
+    """`wait`, `signature` and `load` are seams for the long-run test of the config watch (a
+    fake clock and file); pldns always runs with the defaults."""
+
+    def __init__(
+        self,
+        app: App,
+        wait: Callable[[asyncio.Event, float | None], Awaitable[None]] = wait_event,
+        signature: Callable[[str], tuple[int, int, int] | None] = file_signature,
+        load: Callable[[str], Config] = load_config,
+    ) -> None:
         self.app = app
+        self.wait, self.signature, self.load = wait, signature, load
         self.reload_wanted = asyncio.Event()
         self.stop_wanted = asyncio.Event()
         self.force = asyncio.Event()
         self.signals = 0
         self.http: HttpApi | None = None
-        self._watched = file_signature(app.config_path) if app.config_path else None
+        self._watched = signature(app.config_path) if app.config_path else None
 
     # -- signal handlers: flags only -------------------------------------------------------
 
@@ -99,7 +115,7 @@ class Supervisor:
         old_http = app.config.http
         try:
             raw = Path(path).read_bytes()
-            new = load_config(path)
+            new = self.load(path)
             await app.apply(new, config_version(new, raw))
         except ConfigError as err:
             app.reloads["failure"] += 1
@@ -157,16 +173,14 @@ class Supervisor:
         """Reload on SIGHUP, or when the config file changes (polled)."""
         while True:
             poll = self.app.config.lifecycle.reload_poll
-            timeout = poll if poll > 0 else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.reload_wanted.wait(), timeout)
+            await self.wait(self.reload_wanted, poll if poll > 0 else None)
             try:
                 if self.reload_wanted.is_set():
                     self.reload_wanted.clear()
-                    self._watched = file_signature(self.app.config_path or "")
+                    self._watched = self.signature(self.app.config_path or "")
                     await self.reload("SIGHUP")
                     continue
-                sig = file_signature(self.app.config_path or "")
+                sig = self.signature(self.app.config_path or "")
                 if sig is not None and sig != self._watched:
                     self._watched = sig
                     await self.reload("file changed")

@@ -46,8 +46,9 @@ import struct
 import sys
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pldns.app import App
 from pldns.config import Config
@@ -63,6 +64,7 @@ REPORT_INTERVAL = 1.0  # seconds between a worker's counter reports
 START_TIMEOUT = 30.0  # seconds a worker gets to bind its listeners at start
 RESET_AFTER = 60.0  # a worker that ran this long starts the backoff over when it dies
 FIRST_BACKOFF, MAX_BACKOFF = 0.5, 30.0
+MAX_QUICK_DEATHS = 64  # the backoff is at MAX_BACKOFF long before: counting on changes nothing
 STOP_MARGIN = 5.0  # seconds past lame duck + drain before a worker is killed
 MAX_MESSAGE = 256 * 1024 * 1024
 _HEADER = struct.Struct("!I")
@@ -96,11 +98,65 @@ async def receive(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:
 # -- the parent's side of one worker and the pool -------------------------------------------
 
 
+def restart_delay(quick_deaths: int, ran: float) -> tuple[int, float]:
+    """A worker died after running `ran` seconds, having died quickly `quick_deaths` times in
+    a row before: its new count of quick deaths (bounded) and the seconds to wait before it is
+    started again (capped). One that ran RESET_AFTER or longer starts the backoff over."""
+    quick = 1 if ran >= RESET_AFTER else min(quick_deaths + 1, MAX_QUICK_DEATHS)
+    return quick, capped_backoff(quick, FIRST_BACKOFF, MAX_BACKOFF)
+
+
+class WorkerProcess(Protocol):
+    """What the pool uses of a worker process (asyncio.subprocess.Process; a fake in tests)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+
+class WorkerChannel(Protocol):
+    """The parent's end of a worker's socketpair, for writing (an asyncio.StreamWriter)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+
+Spawner = Callable[[int], Awaitable[tuple[WorkerProcess, asyncio.StreamReader, WorkerChannel]]]
+
+
+async def spawn_worker(index: int) -> tuple[WorkerProcess, asyncio.StreamReader, WorkerChannel]:
+    """Start `python -m pldns.worker` number `index`, connected to us by a socketpair."""
+    ours, theirs = socket.socketpair()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "pldns.worker",
+            str(theirs.fileno()),
+            str(index),
+            pass_fds=(theirs.fileno(),),
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+    finally:
+        theirs.close()
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    return proc, reader, writer
+
+
 @dataclass(eq=False)
 class Worker:
     index: int
-    proc: asyncio.subprocess.Process | None = None
-    writer: asyncio.StreamWriter | None = None
+    proc: WorkerProcess | None = None
+    writer: WorkerChannel | None = None
     started: asyncio.Future[str | None] | None = None
     serving: bool = False
     report: WorkerReport | None = None
@@ -111,10 +167,21 @@ class Worker:
 
 
 class WorkerPool:
-    """Spawns, feeds, watches, restarts and stops the worker processes."""
+    """Spawns, feeds, watches, restarts and stops the worker processes.
 
-    def __init__(self, app: PoolApp, count: int) -> None:
+    `spawn`, `clock` and `sleep` are seams for the long-run test (a fake process on a fake
+    clock); pldns always runs with the defaults."""
+
+    def __init__(
+        self,
+        app: PoolApp,
+        count: int,
+        spawn: Spawner = spawn_worker,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.app = app
+        self.spawn, self.clock, self.sleep = spawn, clock, sleep
         self.workers = [Worker(i) for i in range(count)]
         self.restarts = 0
         self.stopping = False
@@ -144,24 +211,11 @@ class WorkerPool:
         self.started = True
 
     async def _spawn(self, w: Worker) -> None:
-        ours, theirs = socket.socketpair()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "pldns.worker",
-                str(theirs.fileno()),
-                str(w.index),
-                pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-        finally:
-            theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        proc, reader, writer = await self.spawn(w.index)
         loop = asyncio.get_running_loop()
         w.proc, w.writer, w.serving, w.report = proc, writer, False, None
         w.started = loop.create_future()
-        w.spawned_at = time.monotonic()
+        w.spawned_at = self.clock()
         writer.write(encode(self.app.init_message(w.index)))
         for coro in (self._read(w, reader), self._watch(w, proc)):
             task = loop.create_task(coro, name=f"worker-{w.index}")
@@ -179,7 +233,7 @@ class WorkerPool:
                 w.report, w.reported_at = message[1], time.time()
                 self.app.merge_reports()
 
-    async def _watch(self, w: Worker, proc: asyncio.subprocess.Process) -> None:
+    async def _watch(self, w: Worker, proc: WorkerProcess) -> None:
         code = await proc.wait()
         w.serving = False
         if w.report is not None:
@@ -196,9 +250,8 @@ class WorkerPool:
         if self.stopping:
             return
         self.restarts += 1
-        ran = time.monotonic() - w.spawned_at
-        w.quick_deaths = 1 if ran >= RESET_AFTER else w.quick_deaths + 1
-        wait = capped_backoff(w.quick_deaths, FIRST_BACKOFF, MAX_BACKOFF)
+        ran = self.clock() - w.spawned_at
+        w.quick_deaths, wait = restart_delay(w.quick_deaths, ran)
         log.error(
             "worker %d (pid %d) exited with status %s after %.1fs; restarting in %gs",
             w.index,
@@ -207,7 +260,7 @@ class WorkerPool:
             ran,
             wait,
         )
-        await asyncio.sleep(wait)
+        await self.sleep(wait)
         if not self.stopping:
             await self._spawn(w)
 

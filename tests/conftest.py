@@ -168,3 +168,20 @@ def dnsmasq(tmp_path: Path) -> Iterator[Dnsmasq]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """For a test that calls logs.setup() (a reload does): the root logger's handlers and
+    level put back after it. Left behind, its handler writes to a stream pytest has closed,
+    and every later test's log record costs a 'Logging error' traceback."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)

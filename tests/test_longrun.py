@@ -3,7 +3,8 @@ the leak detector's tables, the ACL cache, and Lease election (renewals, losses,
 
 (The upstream backoff, the forwarder's timers, the sync loop, the cache and capped_backoff
 itself have their own long runs: test_forward_longrun.py, test_sync_memory.py,
-test_cache_longrun.py, test_backoff.py.)
+test_cache_longrun.py, test_backoff.py; the worker pool's restarts and the config watch:
+test_restart_longrun.py.)
 """
 
 from __future__ import annotations
@@ -22,16 +23,9 @@ from pldns.dns.settings import Leaks
 from pldns.dns.wire import encode_name
 from pldns.sync.kube import KubeError
 from pldns.sync.lease import LeaseElector
+from tests.fakes.clock import Clock
 
 STEPS = 1_000_000
-
-
-class Clock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- the leak detector -----------------------------------------------------------------------

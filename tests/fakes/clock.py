@@ -1,8 +1,9 @@
-"""A fake event loop clock for long-run tests: timers run when the test advances time.
+"""Fake clocks for long-run tests: `Clock` (a callable, for code that takes `clock=`) and
+`FakeLoop` (an event loop clock: timers run when the test advances time).
 
-Only the parts of asyncio.AbstractEventLoop the forwarding code uses: time(), call_at(),
-call_later(), call_soon(). `live()` counts timers scheduled and neither run nor cancelled, so
-a test can assert that they stay bounded.
+FakeLoop has only the parts of asyncio.AbstractEventLoop the forwarding code uses: time(),
+call_at(), call_later(), call_soon(). `live()` counts timers scheduled and neither run nor
+cancelled, so a test can assert that they stay bounded.
 """
 
 from __future__ import annotations
@@ -11,6 +12,16 @@ import heapq
 import itertools
 from collections.abc import Callable
 from typing import Any
+
+
+class Clock:
+    """A callable clock for code that takes `clock=`: time moves only when a test moves it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class FakeHandle:
