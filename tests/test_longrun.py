@@ -39,6 +39,9 @@ def _reply(qname: bytes, addresses: list[bytes]) -> tuple[bytes, int]:
     return head + question + records, 12 + len(question)
 
 
+# CPU-bound, ~25 s on an idle machine and 98 s beside two busy loops: pytest-timeout's 120 s
+# default is no margin for a loaded machine; a real hang still ends at 600 s.
+@pytest.mark.timeout(600)
 def test_leak_detector_stays_bounded_over_a_million_leaking_answers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -408,7 +408,9 @@ def test_a_secret_in_the_config_is_refused_without_echoing_it(tmp_path: Path) ->
     assert SECRET not in out.stdout + out.stderr
 
 
-def test_redaction_filter_masks_a_known_secret(capsys: pytest.CaptureFixture[str]) -> None:
+def test_redaction_filter_masks_a_known_secret(
+    capsys: pytest.CaptureFixture[str], root_logging: None
+) -> None:
     import logging
 
     from pldns import logs
@@ -424,6 +426,5 @@ def test_redaction_filter_masks_a_known_secret(capsys: pytest.CaptureFixture[str
             logging.getLogger("pldns.test").exception("failed")
     finally:
         del os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]
-        logs.setup("warning")
     err = capsys.readouterr().err
     assert "oops ***" in err and SECRET not in err

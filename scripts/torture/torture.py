@@ -53,11 +53,16 @@ class Scale:
     # before it, but the --ci form runs beside the test suite and other CPU-bound work, where
     # the client here may see it late (3.124 s was seen with two busy loops beside it)
     late_margin: float = 0.0
+    # seconds past the 2 s target an overload may take to be normal again, for the same
+    # reason (2.41 s was seen with a black-holed upstream and two busy loops beside it); kept
+    # below DEADLINE, so a pldns that recovers only once the blast's queries have reached
+    # their deadline still fails
+    recover_margin: float = 0.0
 
 
 CI = Scale(
     udp_fuzz=60_000, tcp_fuzz=1_500, overload_seconds=2, dead_seconds=5, reloads=6,
-    abuse_connections=60, p99_floor=0.1, late_margin=1.0,
+    abuse_connections=60, p99_floor=0.1, late_margin=1.0, recover_margin=0.9,
 )  # fmt: skip
 FULL = Scale(
     udp_fuzz=1_000_000, tcp_fuzz=10_000, overload_seconds=10, dead_seconds=60, reloads=40,
@@ -266,7 +271,7 @@ def overload(work: Path, world: World, scale: Scale, blackhole: bool) -> Row:
     rss1 = server.rss_mb()
     clean = server.stop()
     rate = sent / scale.overload_seconds
-    ok = clean and recovered is not None and recovered <= 2.0
+    ok = clean and recovered is not None and recovered <= 2.0 + scale.recover_margin
     what = "1 black-holed + 1 fast upstream" if blackhole else "1 fast upstream"
     got = f"answered {answered / max(sent, 1):.0%} during; normal again {recovered:.2f} s after" \
         if recovered is not None else "did not recover in 10 s"  # fmt: skip
