@@ -2,6 +2,8 @@
 # target). Stage 1 builds wheels of pldns and all its dependencies and installs them from those
 # wheels alone into a virtualenv without pip; stage 2 copies only that venv and the configs and
 # runs as a numeric non-root user. No compiler, pip cache, wheel or test file reaches stage 2.
+# The data plane is compiled with mypyc (COMPILE=1, the default; COMPILE=0 gives the pure
+# Python build): `pldns version` in the image says which (README, "Compiled data plane").
 #   docker build -t pldns:0.1.0 .                  (the official python:3.11-slim base)
 #   scripts/build-image.sh                         (no Docker: buildah, on a Debian 12 base
 #                                                   built here when python:3.11-slim can't be pulled)
@@ -11,20 +13,31 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
+ARG COMPILE=1
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 # binutils (for strip) in this stage only: the dependencies' C extensions come with debug
-# info, about 20 MB that the runtime never reads.
-# hadolint ignore=DL3008
+# info, about 20 MB that the runtime never reads. With COMPILE=1 also a C compiler, and the
+# Python headers where the base lacks them (Debian's python3 without python3-dev).
+# hadolint ignore=DL3008,SC2046
 RUN apt-get update \
  && apt-get install -y --no-install-recommends binutils \
+      $([ "$COMPILE" = 1 ] && echo gcc libc6-dev) \
+      $([ "$COMPILE" = 1 ] && python3 -c 'import os, sys, sysconfig; sys.exit(os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' && echo python3-dev) \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY pldns ./pldns
 # --use-pep517: the cloud SDK has setup.py-only sdists; this builds them the same way with
-# the pip of either base (no `wheel` package needed in the venv).
-RUN /opt/build/bin/pip wheel --no-cache-dir --use-pep517 --wheel-dir /wheels .
+# the pip of either base (no `wheel` package needed in the venv). With COMPILE=1 pldns's own
+# wheel is then built again, compiled (mypy brings mypyc; the build venv only), in its place.
+RUN /opt/build/bin/pip wheel --no-cache-dir --use-pep517 --wheel-dir /wheels . \
+ && if [ "$COMPILE" = 1 ]; then \
+      /opt/build/bin/pip install --no-cache-dir mypy setuptools wheel \
+      && rm /wheels/pldns-*.whl \
+      && PLDNS_COMPILE=1 /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation \
+           --wheel-dir /wheels . ; \
+    fi
 # The runtime venv has no pip or setuptools: the build venv's pip installs into it (--python).
 # Test suites that some dependencies ship inside their packages are dropped.
 RUN python3 -m venv --without-pip /opt/pldns \
@@ -33,7 +46,8 @@ RUN python3 -m venv --without-pip /opt/pldns \
  && find /opt/pldns/lib -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*' \
       -exec rm -rf {} + \
  && find /opt/pldns -name '*.so' -exec strip --strip-debug {} + \
- && /opt/pldns/bin/pldns version
+ && /opt/pldns/bin/pldns version \
+ && if [ "$COMPILE" = 1 ]; then /opt/pldns/bin/pldns version | grep -q "(data plane: compiled)"; fi
 
 FROM ${PYTHON_IMAGE}
 ARG PYTHON_IMAGE

@@ -7,6 +7,7 @@
 #   bench/run.sh --python /path/to/venv/bin/python ...   # test the pldns installed in that Python
 #   bench/run.sh --no-pldns ...                   # the harness alone (no pldns row)
 #   bench/run.sh --with-nc ...                    # also pldns-nc: pldns with cache.enabled false
+#   bench/run.sh --with-py ...                    # also pldns-py: the pure-Python build
 #   bench/run.sh --help                           # the harness's own options
 #
 # What it does, in order:
@@ -14,12 +15,15 @@
 #      dnsmasq-base knot bind9-dnsutils iproute2 util-linux python3-venv; not root: prints the
 #      command and stops;
 #   2. creates bench/.venv (dnslib and uvloop for the Python baseline peers, and pldns from this
-#      clone, editable) unless it is already there;
+#      clone, editable: the pure-Python build, the pldns-py row) unless it is already there, and
+#      bench/.venv-compiled: pldns from this clone with its data plane compiled by mypyc
+#      (PLDNS_COMPILE=1, the container image's build; the pldns and pldns-nc rows), rebuilt
+#      whenever the clone's source changed;
 #   3. generates bench/data/ (the upstream zone and the dnsperf query files, seeded) if missing;
 #   4. runs bench.py with pldns as a --candidate inside a private network namespace whose only
 #      interface is lo (`unshare --net`), so nothing can reach another address;
 #   5. copies the report to bench/results/<stamp>-report.md.
-# Every argument except the leading --python PATH / --no-pldns goes to bench.py unchanged
+# Every argument except the leading --python PATH / --no-pldns / --with-* goes to bench.py unchanged
 # (a relative --out is made absolute). When no --peers is given, the README's comparison set is
 # used.
 #
@@ -31,6 +35,7 @@ repo="$(cd "$here/.." && pwd)"
 python=""
 with_pldns=1
 with_nc=""
+with_py=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --python)
@@ -39,13 +44,14 @@ while [[ $# -gt 0 ]]; do
     --python=*) python="${1#--python=}"; shift ;;
     --no-pldns) with_pldns=""; shift ;;
     --with-nc) with_nc=1; shift ;;
+    --with-py) with_py=1; shift ;;
     *) break ;;
   esac
 done
 
 # 1. tools (Debian package names after the colon)
 need=()
-for t in dnsperf:dnsperf dnsdist:dnsdist unbound:unbound dnsmasq:dnsmasq-base knotd:knot \
+for t in gcc:gcc dnsperf:dnsperf dnsdist:dnsdist unbound:unbound dnsmasq:dnsmasq-base knotd:knot \
          dig:bind9-dnsutils taskset:util-linux unshare:util-linux ip:iproute2; do
   command -v "${t%%:*}" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "${t%%:*}" \
     >/dev/null 2>&1 || need+=("${t#*:}")
@@ -54,6 +60,8 @@ export PATH="$PATH:/usr/sbin:/sbin"
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1 && [[ ! -x "$here/.venv/bin/python" ]]; then
   need+=(python3-venv)
 fi
+python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || need+=(python3-dev)  # the headers mypyc's build needs
 if ((${#need[@]})); then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
@@ -76,12 +84,30 @@ fi
 if ! "$venv/bin/python" -c 'import dnslib, uvloop' >/dev/null 2>&1; then
   "$venv/bin/pip" install -q --disable-pip-version-check dnslib uvloop
 fi
+pure=""
 if [[ -n "$with_pldns" && -z "$python" ]]; then
   # editable: the code under test is this clone's working tree
   if ! (cd / && "$venv/bin/python" -c 'import os, sys, pldns; sys.exit(os.path.dirname(os.path.dirname(pldns.__file__)) != sys.argv[1])' "$repo") >/dev/null 2>&1; then
     "$venv/bin/pip" install -q --disable-pip-version-check -e "$repo"
   fi
-  python="$venv/bin/python"
+  pure="$venv/bin/python"
+  # The compiled build: installed (not editable), so rebuilt when the source it came from changed.
+  cvenv="$here/.venv-compiled"
+  [[ -x "$cvenv/bin/python" ]] || python3 -m venv "$cvenv"
+  pip=("$cvenv/bin/pip" install -q --disable-pip-version-check --no-build-isolation)
+  "$cvenv/bin/python" -c 'import mypy, setuptools, wheel' 2>/dev/null \
+    || "$cvenv/bin/pip" install -q --disable-pip-version-check mypy setuptools wheel
+  source_id="$(cd "$repo" && cat setup.py pyproject.toml pldns/*.py pldns/*/*.py | sha256sum | cut -c1-16)"
+  if [[ "$(cat "$cvenv/pldns-source" 2>/dev/null)" != "$source_id" ]] \
+     || ! (cd / && "$cvenv/bin/pldns" version 2>/dev/null | grep -q "(data plane: compiled)"); then
+    echo "bench/run.sh: compiling pldns into bench/.venv-compiled (mypyc, about a minute)" >&2
+    (cd / && "${pip[@]}" "$repo" >/dev/null)  # its dependencies, the first time
+    (cd / && PLDNS_COMPILE=1 "${pip[@]}" --force-reinstall --no-deps "$repo" >/dev/null)
+    (cd / && "$cvenv/bin/pldns" version | grep -q "(data plane: compiled)") \
+      || { echo "bench/run.sh: the compiled build did not load compiled" >&2; exit 2; }
+    echo "$source_id" >"$cvenv/pldns-source"
+  fi
+  python="$cvenv/bin/python"
 fi
 
 candidate=()
@@ -102,6 +128,9 @@ if [[ -n "$with_pldns" ]]; then
   candidate=(--candidate "pldns=$(printf '%q' "$python") $(printf '%q' "$here/pldns-candidate.py") --pldns $(printf '%q' "$pldns_exe") --synth-json {synth_json} --upstream {upstream} --listen {listen} --config-out {rundir}/pldns.yaml")
   if [[ -n "$with_nc" ]]; then  # a second row: pldns with its cache off, like the -nc peers
     candidate+=(--candidate "pldns-nc=$(printf '%q' "$python") $(printf '%q' "$here/pldns-candidate.py") --pldns $(printf '%q' "$pldns_exe") --synth-json {synth_json} --upstream {upstream} --listen {listen} --config-out {rundir}/pldns.yaml --no-cache")
+  fi
+  if [[ -n "$with_py" && -n "$pure" ]]; then  # the pure-Python build, default config
+    candidate+=(--candidate "pldns-py=$(printf '%q' "$pure") $(printf '%q' "$here/pldns-candidate.py") --pldns $(printf '%q' "$(dirname "$pure")/pldns") --synth-json {synth_json} --upstream {upstream} --listen {listen} --config-out {rundir}/pldns.yaml")
   fi
 fi
 

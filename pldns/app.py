@@ -226,6 +226,10 @@ class App:
     def open_connections(self) -> int:
         return len(self.connections)
 
+    def cache_entries(self) -> int:
+        """Answers in the packet cache (of every worker, in the parent of `workers: N`)."""
+        return len(self.cache)
+
     def worker_counts(self) -> tuple[int, int]:
         """DNS processes running, and how many times one was restarted (one process: 1, 0)."""
         return 1, 0

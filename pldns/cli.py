@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
-        print(f"pldns {__version__}")
+        from pldns.dns import load
+
+        print(f"pldns {__version__} (data plane: {load()})")
         return 0
     if args.command == "check":
         return _check(args.config, args.strict)

@@ -28,6 +28,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 import pldns
+import pldns.dns
 from pldns.dns.answer import SOURCE_CACHE, SOURCE_LOCAL, SOURCE_OWNED, SOURCE_UPSTREAM
 from pldns.dns.cache import KINDS as CACHE_KINDS
 from pldns.dns.cname import OUTCOMES as CNAME_OUTCOMES
@@ -158,7 +159,7 @@ METRICS: dict[str, tuple[str, str]] = {
         COUNTER,
         "Worker processes that ended unexpectedly and were started again.",
     ),
-    "pldns_build_info": (INFO, "pldns version and Python version (value is always 1)."),
+    "pldns_build_info": (INFO, "pldns and Python versions, data plane build (always 1)."),
 }
 
 
@@ -353,7 +354,8 @@ def sync_families(st: SyncState) -> Iterator[Metric]:
 
 def _build_info() -> Metric:
     info = InfoMetricFamily("pldns_build", METRICS["pldns_build_info"][1], labels=[])
-    info.add_metric([], {"version": pldns.__version__, "python": platform.python_version()})
+    labels = {"version": pldns.__version__, "python": platform.python_version()}
+    info.add_metric([], {**labels, "data_plane": pldns.dns.build()})  # compiled | python
     return info
 
 

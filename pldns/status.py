@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 import pldns
+import pldns.dns
 from pldns.config.dns import Service
 from pldns.dns.table import Addresses
 from pldns.dns.wire import escape_text
@@ -50,6 +51,7 @@ def build_status(app: App, now: float | None = None) -> dict[str, Any]:
     return {
         "role": "resolver",
         "version": pldns.__version__,
+        "data_plane": pldns.dns.build(),
         "now": now,
         "uptime": max(0.0, now - app.started_at),
         "ready": ready,
@@ -92,7 +94,7 @@ def _cache(app: App) -> dict[str, Any]:
     lookups = hits + cache.misses
     return {
         "enabled": app.frontend.cache is not None,
-        "entries": len(cache),
+        "entries": app.cache_entries(),
         "size": cache.settings.size,
         "hits": hits,
         "misses": cache.misses,

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pldns.app import App
-from pldns.dns.cache import PacketCache
 from pldns.dns.leak import MAX_ADDRESSES, MAX_NAMES, LeakRecord
 from pldns.dns.stats import Histogram, Stats, UpstreamStats
 
@@ -136,12 +135,3 @@ def merge_reports_into_one(reports: list[WorkerReport]) -> WorkerReport:
         leaks_total=sum(r.leaks_total for r in reports),
         leaks=list(merge_leaks([r.leaks for r in reports]).values()),
     )
-
-
-class CacheTotals(PacketCache):
-    """The parent's view of the workers' caches: their counters summed, no entries of its own."""
-
-    entries_total = 0
-
-    def __len__(self) -> int:
-        return self.entries_total

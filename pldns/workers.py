@@ -56,7 +56,7 @@ from pldns.dns.backoff import capped_backoff
 from pldns.dns.table import RecordTable
 from pldns.httpapi import Route
 from pldns.supervisor import Supervisor
-from pldns.workerreport import CacheTotals, WorkerReport, merge_reports_into_one
+from pldns.workerreport import WorkerReport, merge_reports_into_one
 
 log = logging.getLogger("pldns")
 
@@ -316,9 +316,10 @@ class PoolApp(App):
     def __init__(self, config: Config, count: int, **kwargs: Any) -> None:
         self.pool: WorkerPool | None = None
         super().__init__(config, **kwargs)
-        self.cache = CacheTotals(config.cache)
+        # self.cache stays empty here: its counters are the workers' summed (merge_reports).
         self.pool = WorkerPool(self, count)
         self._open_connections = 0
+        self._cache_entries = 0
 
     def init_message(self, index: int) -> tuple[Any, ...]:
         return ("init", self.config, self.upstreams, self.resolver.table, self.config_version)
@@ -341,7 +342,7 @@ class PoolApp(App):
     def flush_cache(self) -> int:
         assert self.pool is not None
         self.pool.broadcast(("flush",))
-        count = len(self.cache)
+        count = self._cache_entries
         log.info("cache flush sent to the workers (%d entries at their last report)", count)
         return count
 
@@ -351,6 +352,9 @@ class PoolApp(App):
 
     def open_connections(self) -> int:
         return self._open_connections
+
+    def cache_entries(self) -> int:
+        return self._cache_entries
 
     def ready(self) -> tuple[bool, str]:
         if self.lame_duck or self.shutting_down:
@@ -375,11 +379,9 @@ class PoolApp(App):
             up.stats = self.stats.upstream(up.name)
             up.last_error = next((e for r in reports if (e := r.last_errors.get(up.name))), "")
         self._open_connections = one.open_connections
-        cache = self.cache
-        assert isinstance(cache, CacheTotals)
         for name, value in one.cache.items():
-            setattr(cache, name, value)
-        cache.entries_total = one.cache_entries
+            setattr(self.cache, name, value)
+        self._cache_entries = one.cache_entries
         if self.leaks is not None:
             self.leaks.total = one.leaks_total
             self.leaks.names = OrderedDict((r.name, r) for r in one.leaks)

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(bind9-dnsutils knot-dnsutils knot unbound dnsmasq-base iproute2 util-linux systemd
-          python3 python3-venv)
+          python3 python3-venv gcc libc6-dev python3-dev)  # a compiler: scripts/test-compiled.sh
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+import pldns.dns
 from pldns.app import App
 from pldns.config import parse_config
 from pldns.dns.settings import HostPort
@@ -39,7 +40,7 @@ from tests.fakes.proc import OWNED, OWNED_IPS, base_config, free_port
 UPSTREAM = HostPort("127.0.0.1", 5399)  # never contacted by the unit tests
 ALLOWED_LABELS = {
     "proto", "type", "rcode", "source", "upstream", "reason", "service", "family", "result",
-    "kind", "transport", "le", "version", "python", "outcome",
+    "kind", "transport", "le", "version", "python", "data_plane", "outcome",
 }  # fmt: skip
 
 
@@ -282,6 +283,8 @@ def test_reloads_leaks_ready_and_build_info() -> None:
     assert len(info) == 1 and info[0].value == 1
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", info[0].labels["version"])
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", info[0].labels["python"])
+    assert info[0].labels["data_plane"] == pldns.dns.build()
+    assert pldns.dns.build() in ("compiled", "python")  # never a mix of two builds
 
 
 def test_leak_detection_off_exports_zeros() -> None:

@@ -19,8 +19,13 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from pldns.dns.acl import Acl
+from pldns.dns.answer import Resolver
 from pldns.dns.listeners import Listener
+from pldns.dns.pipeline import Frontend
 from pldns.dns.settings import HostPort
+from pldns.dns.stats import Stats
+from pldns.dns.table import RecordTable
 from tests.fakes import clients
 from tests.fakes.clients import a_records, make_query, raw_udp
 from tests.fakes.proc import OWNED, OWNED_2, OWNED_IPS, PldnsProcess, base_config, free_port
@@ -248,7 +253,11 @@ def test_listener_that_cannot_bind_tcp_releases_its_udp_port() -> None:
         holder.bind(("127.0.0.1", port))
         holder.listen(1)
         listener = Listener(HostPort("127.0.0.1", port))
+        stats = Stats()
+        frontend = Frontend(
+            Resolver(RecordTable(), "forward", stats), None, Acl([]), "refuse", stats, 1
+        )  # type: ignore[arg-type]  # it never forwards: the listener does not start
         with pytest.raises(OSError):
-            asyncio.run(listener.start(None, set()))  # type: ignore[arg-type]
+            asyncio.run(listener.start(frontend, set()))
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", port))  # the UDP half must have been closed again

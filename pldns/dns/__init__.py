@@ -1,1 +1,49 @@
-"""The data plane: bytes in, bytes out. Imports nothing from sync, config, yaml or the cloud SDK."""
+"""The data plane: bytes in, bytes out. Imports nothing from sync, config, yaml or the cloud SDK.
+
+`COMPILED` names the modules an optional build compiles to C with mypyc (setup.py reads this
+tuple; `PLDNS_COMPILE=1`, see the README's "Compiled data plane"). The Python source stays the
+reference: the same modules run interpreted from an ordinary install, and `compiled()` says
+which of them a running process loaded as extension modules.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES
+
+# The hot path and what it calls per query. Left out, being read rather than run per query:
+# `rcode` (exception classes: a compiled subclass would not see its class-level RCODE),
+# `settings` (frozen dataclasses the config layer builds and replaces) and `table` (frozen
+# dataclasses pickled to the workers, which compiled classes would not unpickle).
+COMPILED = (
+    "acl", "answer", "attempt", "backoff", "cache", "cacheflow", "cname", "forwarder",
+    "health", "leak", "listeners", "pipeline", "querylog", "stats", "tcppool", "upstream",
+    "wire",
+)  # fmt: skip
+
+
+def compiled() -> list[str]:
+    """The modules of COMPILED loaded from a C extension in this process, in order."""
+    found = []
+    for name in COMPILED:
+        module = sys.modules.get(f"{__name__}.{name}")
+        path = getattr(module, "__file__", None) or ""
+        if path.endswith(tuple(EXTENSION_SUFFIXES)):
+            found.append(name)
+    return found
+
+
+def build() -> str:
+    """How the data plane runs: 'compiled' (every module of COMPILED), 'python' (none), or
+    'partial' (some: an install mixing two builds, worth a look). Counts the modules loaded."""
+    count = len(compiled())
+    return "python" if count == 0 else "compiled" if count == len(COMPILED) else "partial"
+
+
+def load() -> str:
+    """Import every module of COMPILED and say how they run (`build()`)."""
+    import importlib
+
+    for name in COMPILED:
+        importlib.import_module(f"{__name__}.{name}")
+    return build()

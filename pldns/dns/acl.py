@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import netaddr
+import netaddr  # type: ignore[import-untyped]
 
 _CACHE_MAX = 65_536
 _WILDCARDS = ("0.0.0.0", "::")

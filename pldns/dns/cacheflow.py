@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pldns.dns.answer import SOURCE_CACHE, SOURCE_LOCAL, SOURCE_UPSTREAM
 from pldns.dns.cache import KIND_SERVFAIL, KINDS, Entry, PacketCache, cache_key
@@ -97,7 +97,7 @@ class CacheFlow:
             self._prefetch(key, data, q, entry, now)
         return True
 
-    def answer_udp(self, data: bytes, addr: tuple[str, int], sendto: SendTo, start: float) -> bool:
+    def answer_udp(self, data: bytes, addr: Any, sendto: SendTo, start: float) -> bool:
         """`fast` for UDP in one call (as Frontend.answer_udp_fast): True if answered."""
         hit = self.raw.get(data[2:])
         if hit is None:

@@ -43,14 +43,20 @@ class Pending:
     )  # fmt: skip
 
     def __init__(
-        self, packet: bytes, question: bytes, sent_limit: int, client_limit: int, done: Done
+        self,
+        packet: bytes,
+        question: bytes,
+        sent_limit: int,
+        client_limit: int,
+        done: Done,
+        plan: Plan,
     ) -> None:
         self.packet = packet  # the upstream query; its ID is replaced per attempt
         self.question = question  # name lower-cased, type and class as sent: for matching
         self.sent_limit = sent_limit
         self.client_limit = client_limit
         self.done = done
-        self.plan: Plan = None  # type: ignore[assignment]
+        self.plan = plan
         self.seq = 0  # the current attempt's unique token: a stale timeout cannot match it
         self.channel: Any = None
         self.qid = 0
@@ -115,15 +121,15 @@ class Forwarder:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
+        now = loop.time()
         p = Pending(
             build_upstream_query(data, q, 0),
             q.qname + data[q.qend - 4 : q.qend],
             OUR_PAYLOAD if q.opt is not None else UDP_MIN,
             client_limit,
             done,
+            self.policy.plan(now),
         )
-        now = loop.time()
-        p.plan = self.policy.plan(now)
         self._step(p, p.plan.next(now), now)
 
     def _step(self, p: Pending, step: Step, now: float) -> None:
@@ -273,9 +279,10 @@ class Forwarder:
                 if due and next(iter(due.values())).expires <= now:
                     _, p = due.popitem(last=False)
                 elif early and early[0][0] <= now:
-                    p = early_p.pop(heapq.heappop(early)[1], None)  # type: ignore[assignment]
-                    if p is None:
+                    gone = early_p.pop(heapq.heappop(early)[1], None)
+                    if gone is None:
                         continue  # that attempt ended already
+                    p = gone
                 else:
                     break
                 if p.channel.forget(p.qid, p):

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from typing import Any
 
 from pldns.dns.pipeline import Frontend
 from pldns.dns.settings import HostPort
@@ -26,7 +27,8 @@ class UdpListener(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        # addr: (host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6
         transport = self.transport
         if transport is None:
             return

@@ -10,16 +10,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pldns.dns.acl import Acl
 from pldns.dns.answer import SOURCE_LOCAL, SOURCE_OWNED, SOURCE_UPSTREAM, Local, Resolver
 from pldns.dns.cname import CNAME_IN, ChainRewriter
-from pldns.dns.forwarder import Forwarder
+from pldns.dns.forwarder import Done
 from pldns.dns.leak import LeakDetector
 from pldns.dns.querylog import QueryLog
 from pldns.dns.rcode import REFUSED, SERVFAIL, DnsError, Drop, rcode_name
-from pldns.dns.settings import Tcp
+from pldns.dns.settings import Forward, Tcp
 from pldns.dns.stats import Stats, qtype_label
 from pldns.dns.wire import TCP_MAX, Query, build_error, decode_name, scan_query, truncate, udp_limit
 
@@ -29,7 +29,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("pldns.server")
 
 Send = Callable[[bytes], None]
-SendTo = Callable[[bytes, tuple[str, int]], None]
+SendTo = Callable[[bytes, Any], None]  # (reply, address): the address tuple has 2 or 4 items
+
+
+class Forwarding(Protocol):
+    """What the pipeline uses of the forwarder (pldns.dns.forwarder.Forwarder; a fake in tests).
+
+    A Protocol, not the class: with the data plane compiled (pldns.dns.COMPILED) a value typed
+    as a class must be that class.
+    """
+
+    settings: Forward
+
+    def forward(self, data: bytes, q: Query, client_limit: int, done: Done) -> None: ...
 
 
 class Exchange:
@@ -51,7 +63,7 @@ class Frontend:
     def __init__(
         self,
         resolver: Resolver,
-        forwarder: Forwarder,
+        forwarder: Forwarding,
         acl: Acl,
         deny: str,
         stats: Stats,
@@ -115,7 +127,7 @@ class Frontend:
             self._reply(ex, build_error(data, err.rcode, q.qend, q.opt), SOURCE_LOCAL)
         return True
 
-    def answer_udp_fast(self, data: bytes, addr: tuple[str, int], sendto: SendTo) -> bool:
+    def answer_udp_fast(self, data: bytes, addr: Any, sendto: SendTo) -> bool:
         """The prebuilt-reply path for UDP in one call (True: answered and counted).
 
         The same reply and the same counts as `handle` gives a plain lower-case A/AAAA query

@@ -36,6 +36,23 @@ class Owner(Protocol):
     def on_error(self, waiter: Any, reason: str) -> None: ...
 
 
+class UdpChannel(Protocol):
+    """What the pool and the forwarder use of a UDP channel: a Channel (a fake in tests).
+
+    A Protocol, not the class: with the data plane compiled (pldns.dns.COMPILED) a value
+    typed as a class must be that class, and the fake-clock tests put their own in the pool.
+    """
+
+    pending: dict[int, Any]
+    budget: int
+    retired: bool
+    transport: Any
+
+    def send(self, packet: bytes) -> None: ...
+
+    def forget(self, qid: int, waiter: Any) -> bool: ...
+
+
 class QueryIds:
     """Unpredictable 16-bit query IDs from the OS's CSPRNG, fetched 2048 at a time.
 
@@ -130,7 +147,7 @@ class Upstream:
         self.stats = stats
         self.owner = owner
         self.family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        self.channels: list[Channel] = []
+        self.channels: list[UdpChannel] = []
         self._next = 0
         self._filling: asyncio.Task[None] | None = None
         self.unreachable = False  # the last attempt to open a socket to it failed
@@ -146,7 +163,7 @@ class Upstream:
 
     # -- the UDP pool --------------------------------------------------------------------------
 
-    def channel(self) -> Channel | None:
+    def channel(self) -> UdpChannel | None:
         """A channel to send on now (round robin), or None while the pool is (re)opening."""
         channels = self.channels
         if len(channels) < self.settings.udp_sockets:
