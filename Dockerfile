@@ -47,7 +47,9 @@ RUN python3 -m venv --without-pip /opt/pldns \
       -exec rm -rf {} + \
  && find /opt/pldns -name '*.so' -exec strip --strip-debug {} + \
  && /opt/pldns/bin/pldns version \
- && if [ "$COMPILE" = 1 ]; then /opt/pldns/bin/pldns version | grep -q "(data plane: compiled)"; fi
+ && if [ "$COMPILE" = 1 ]; then \
+      /opt/pldns/bin/python -c 'import sys, pldns.dns; sys.exit(pldns.dns.load() != "compiled")'; \
+    fi
 
 FROM ${PYTHON_IMAGE}
 ARG PYTHON_IMAGE
