@@ -48,7 +48,7 @@ RUN python3 -m venv --without-pip /opt/pldns \
  && find /opt/pldns -name '*.so' -exec strip --strip-debug {} + \
  && /opt/pldns/bin/pldns version \
  && if [ "$COMPILE" = 1 ]; then \
-      /opt/pldns/bin/python -c 'import sys, pldns.dns; sys.exit(pldns.dns.load() != "compiled")'; \
+      /opt/pldns/bin/python -I -c 'import sys, pldns.dns; sys.exit(pldns.dns.load() != "compiled")'; \
     fi
 
 FROM ${PYTHON_IMAGE}
