@@ -94,7 +94,9 @@ def test_dockerfile_structure() -> None:
     assert any(re.search(r"pip wheel .*--wheel-dir[ =]/wheels \.( |$)", ln) for ln in build)
     # COMPILE=1 (the default) builds pldns's own wheel again with its data plane compiled
     assert "ARG COMPILE=1" in build, build
-    assert any(re.search(r"PLDNS_COMPILE=1 \S*pip wheel .*--no-build-isolation", ln) for ln in build)
+    assert any(
+        re.search(r"PLDNS_COMPILE=1 \S*pip wheel .*--no-build-isolation", ln) for ln in build
+    )
     users = [ln.split()[1] for ln in final if ln.startswith("USER ")]
     assert users and re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1]), users
     for line in final:
