@@ -176,6 +176,17 @@ async def main() -> None:
             forward_run(app, lst, n, names[start : start + n])
 
         measure(f"forwarded miss ({tag})", fwd, N)
+        if cache:  # 1000 names answered once upstream, then asked again and again
+            popular = [query(f"h{i}.zipf.example.test", i) for i in range(1000)]
+            forward_run(app, listener, len(popular), popular)
+
+            def hits(n: int, lst: UdpListener = listener, popular: list[bytes] = popular) -> None:
+                addr = ("127.0.0.1", 40000)
+                for i in range(n):
+                    lst.datagram_received(popular[i % 1000], addr)
+
+            hits(2000)  # the second ask of each remembers its bytes (the raw fast path)
+            measure("cache hit (cache on)", hits, N)
         assert client.sent > 0
         app.forwarder.close()
 
