@@ -35,6 +35,7 @@ FULL = {
         },
         "vpc": {"domains": ["vpc-vpc.{region}.aliyuncs.com"]},
     },
+    "cache": {"size": 5000, "max_ttl": 600, "stale_window": 0},
 }
 
 
@@ -64,6 +65,8 @@ def test_full_config():
     assert (eci.static_v4, eci.static_v6) == (("192.168.10.5", "192.168.11.5"), ("fd00::5",))
     assert vpc.domains == ("vpc-vpc.cn-hangzhou.aliyuncs.com",) and vpc.static == ()
     assert config.source == "x.yaml"
+    cache = config.cache
+    assert (cache.size, cache.max_ttl, cache.stale_window, cache.enabled) == (5000, 600, 0, True)
     assert str(config.listen[1]) == "[::1]:5353" and str(config.listen[0]) == "127.0.0.1:1053"
 
 
@@ -81,7 +84,9 @@ def test_defaults():
     assert config.services == ()
 
 
-SECTIONS = ["answers", "forward", "tcp", "sync", "privatelink", "http", "log", "lifecycle", "leaks"]
+SECTIONS = [
+    "answers", "forward", "tcp", "sync", "privatelink", "http", "log", "lifecycle", "leaks", "cache",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
