@@ -26,7 +26,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.fakes.peers import unbound_server
+from tests.fakes.peers import dnsmasq_base_args, unbound_server
 from tests.fakes.proc import OWNED, OWNED_2, OWNED_IPS, free_port
 from tests.fakes.upstream import FakeUpstream
 
@@ -111,16 +111,7 @@ def dnsmasq_command(workdir: Path, port: int, pldns_port: int, upstream_port: in
         pytest.skip("dnsmasq is not installed")
     return [
         path,
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--no-poll",
-        "--conf-file=/dev/null",
-        "--bind-interfaces",
-        "--listen-address=127.0.0.1",
-        f"--port={port}",
-        "--pid-file=",
-        "--log-facility=-",
+        *dnsmasq_base_args(port),
         f"--server=/aliyuncs.com/127.0.0.1#{pldns_port}",
         f"--server=127.0.0.1#{upstream_port}",
     ]

@@ -101,21 +101,9 @@ class UdpLoad:
                 except (BlockingIOError, ConnectionRefusedError):
                     pass
                 i += 1
-            for s in self.socks:
-                while True:
-                    try:
-                        s.recv(65535)
-                        got += 1
-                    except (BlockingIOError, ConnectionRefusedError):
-                        break
+            got += sum(drain(s) for s in self.socks)
         time.sleep(0.2)
-        for s in self.socks:
-            while True:
-                try:
-                    s.recv(65535)
-                    got += 1
-                except (BlockingIOError, ConnectionRefusedError):
-                    break
+        got += sum(drain(s) for s in self.socks)
         return sent, got
 
     def steady(
@@ -160,3 +148,14 @@ class UdpLoad:
                     if collect:
                         res.replies.append(data)
         return res
+
+
+def drain(sock: socket.socket) -> int:
+    """Read every datagram waiting on a non-blocking socket; how many there were."""
+    n = 0
+    while True:
+        try:
+            sock.recv(65535)
+            n += 1
+        except OSError:  # BlockingIOError: nothing left; ConnectionRefusedError: ICMP
+            return n

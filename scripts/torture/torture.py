@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import UdpLoad, owned_query, query  # noqa: E402
+from load import UdpLoad, drain, owned_query, query  # noqa: E402
 from upstreams import SPOOF_IP, World  # noqa: E402
 
 from tests.fakes.ports import free_port  # noqa: E402
@@ -201,16 +201,6 @@ def udp_fuzz(work: Path, world: World, scale: Scale) -> Row:
     ok = alive and clean and rss1 - rss0 <= 5
     return Row("UDP fuzz", f"{scale.udp_fuzz:,} packets (random, mutated, cut)",
                f"crashes {0 if alive and clean else 1}; answering after", ok, rss_note(rss0, rss1))  # fmt: skip
-
-
-def drain(sock: socket.socket) -> int:
-    n = 0
-    while True:
-        try:
-            sock.recv(65535)
-            n += 1
-        except (BlockingIOError, OSError):
-            return n
 
 
 def tcp_fuzz(work: Path, world: World, scale: Scale) -> Row:
