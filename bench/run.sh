@@ -97,7 +97,7 @@ if [[ -n "$with_pldns" && -z "$python" ]]; then
   pip=("$cvenv/bin/pip" install -q --disable-pip-version-check --no-build-isolation)
   "$cvenv/bin/python" -c 'import mypy, setuptools, wheel' 2>/dev/null \
     || "$cvenv/bin/pip" install -q --disable-pip-version-check mypy setuptools wheel
-  source_id="$(cd "$repo" && cat setup.py pyproject.toml pldns/*.py pldns/*/*.py | sha256sum | cut -c1-16)"
+  source_id="$(cd "$repo" && cat setup.py pyproject.toml pldns/*.py pldns/*/*.py pldns/*/*.c | sha256sum | cut -c1-16)"
   if [[ "$(cat "$cvenv/pldns-source" 2>/dev/null)" != "$source_id" ]] \
      || ! (cd / && "$cvenv/bin/pldns" version 2>/dev/null | grep -q "(data plane: compiled)"); then
     echo "bench/run.sh: compiling pldns into bench/.venv-compiled (mypyc, about a minute)" >&2

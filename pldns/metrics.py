@@ -58,7 +58,7 @@ INFO = "info"
 # work from the first scrape.
 SOURCES = (SOURCE_OWNED, SOURCE_UPSTREAM, SOURCE_CACHE, SOURCE_LOCAL)
 FORWARD_FAILURE_REASONS = ("timeout", "error", "servfail", "refused")
-DROP_REASONS = ("runt", "response", "acl")
+DROP_REASONS = ("runt", "response", "acl", "send")
 
 RELOAD_RESULTS = ("success", "failure")
 

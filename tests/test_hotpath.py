@@ -83,7 +83,7 @@ def test_the_fast_path_steps_aside(case: str) -> None:
         app.frontend.accepting = False
     wire = dns.message.make_query(OWNED, "A").to_wire()
     client = ("127.0.0.5", 1)  # not a listen address (those are always allowed)
-    assert not app.frontend.answer_udp_fast(wire, client, transport.sendto)
+    assert not app.frontend.answer_udp_fast(wire, client[0], client, transport.sendto)
     assert transport.sent == []
     listener.datagram_received(wire, client)
     if case == "acl":

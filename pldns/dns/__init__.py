@@ -1,9 +1,11 @@
 """The data plane: bytes in, bytes out. Imports nothing from sync, config, yaml or the cloud SDK.
 
 `COMPILED` names the modules an optional build compiles to C with mypyc (setup.py reads this
-tuple; `PLDNS_COMPILE=1`, see the README's "Compiled data plane"). The Python source stays the
-reference: the same modules run interpreted from an ordinary install, and `compiled()` says
-which of them a running process loaded as extension modules.
+tuple; `PLDNS_COMPILE=1`, see the README's "Compiled data plane"), and `EXTENSIONS` the C
+sources it builds beside them. The Python source stays the reference: the same modules run
+interpreted from an ordinary install (and the listener reads UDP through the event loop's
+transport instead of `_mmsg`), and `compiled()` says which of them a running process loaded
+as extension modules.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ COMPILED = (
     "health", "leak", "listeners", "pipeline", "querylog", "stats", "tcppool", "upstream",
     "wire",
 )  # fmt: skip
+# C sources in pldns/dns, built only with COMPILED: `_mmsg`, batched UDP I/O (recvmmsg and
+# sendmmsg, which Python's socket module lacks) for pldns.dns.listeners.BatchUdpListener.
+EXTENSIONS = ("_mmsg",)
 
 
 def compiled() -> list[str]:
-    """The modules of COMPILED loaded from a C extension in this process, in order."""
+    """The modules of COMPILED and EXTENSIONS loaded from a C extension in this process."""
     found = []
-    for name in COMPILED:
+    for name in COMPILED + EXTENSIONS:
         module = sys.modules.get(f"{__name__}.{name}")
         path = getattr(module, "__file__", None) or ""
         if path.endswith(tuple(EXTENSION_SUFFIXES)):
@@ -34,16 +39,23 @@ def compiled() -> list[str]:
 
 
 def build() -> str:
-    """How the data plane runs: 'compiled' (every module of COMPILED), 'python' (none), or
-    'partial' (some: an install mixing two builds, worth a look). Counts the modules loaded."""
+    """How the data plane runs: 'compiled' (every module of COMPILED and EXTENSIONS), 'python'
+    (none), or 'partial' (some: an install mixing two builds, worth a look). Counts the modules
+    loaded."""
     count = len(compiled())
-    return "python" if count == 0 else "compiled" if count == len(COMPILED) else "partial"
+    whole = len(COMPILED) + len(EXTENSIONS)
+    return "python" if count == 0 else "compiled" if count == whole else "partial"
 
 
 def load() -> str:
-    """Import every module of COMPILED and say how they run (`build()`)."""
+    """Import every module of COMPILED (and of EXTENSIONS the build has) and say how they run
+    (`build()`)."""
+    import contextlib
     import importlib
 
     for name in COMPILED:
         importlib.import_module(f"{__name__}.{name}")
+    for name in EXTENSIONS:
+        with contextlib.suppress(ImportError):  # a pure build: the listener uses the transport
+            importlib.import_module(f"{__name__}.{name}")
     return build()

@@ -97,13 +97,16 @@ class CacheFlow:
             self._prefetch(key, data, q, entry, now)
         return True
 
-    def answer_udp(self, data: bytes, addr: Any, sendto: SendTo, start: float) -> bool:
-        """`fast` for UDP in one call (as Frontend.answer_udp_fast): True if answered."""
-        hit = self.raw.get(data[2:])
+    def answer_udp(
+        self, data: bytes, question: bytes, host: str, addr: Any, sendto: SendTo, start: float
+    ) -> bool:
+        """`fast` for UDP in one call (as Frontend.answer_udp_fast, which has sliced
+        `question` = data[2:] already): True if answered."""
+        hit = self.raw.get(question)
         if hit is None:
             return False
         fe = self.fe
-        if not fe.accepting or fe.querylog is not None or not fe.acl.allowed(addr[0]):
+        if not fe.accepting or fe.querylog is not None or not fe.acl.allowed(host):
             return False
         if fe.resolver.table is not self._table:
             self.raw.clear()

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("pldns.server")
 
 Send = Callable[[bytes], None]
-SendTo = Callable[[bytes, Any], None]  # (reply, address): the address tuple has 2 or 4 items
+# (reply, address): the address is the listener's own (a (host, port[, flow, scope]) tuple
+# for the event loop's transport, a raw sockaddr for the batched listener), handed back as is.
+SendTo = Callable[[bytes, Any], None]
 
 
 class Forwarding(Protocol):
@@ -127,7 +129,7 @@ class Frontend:
             self._reply(ex, build_error(data, err.rcode, q.qend, q.opt), SOURCE_LOCAL)
         return True
 
-    def answer_udp_fast(self, data: bytes, addr: Any, sendto: SendTo) -> bool:
+    def answer_udp_fast(self, data: bytes, host: str, addr: Any, sendto: SendTo) -> bool:
         """The prebuilt-reply path for UDP in one call (True: answered and counted).
 
         The same reply and the same counts as `handle` gives a plain lower-case A/AAAA query
@@ -135,14 +137,16 @@ class Frontend:
         in bench/querycost.py). Anything else, or the query log on, takes `handle`.
         """
         start = time.perf_counter()
-        hit = self.resolver.table.fast.get(data[2:])
+        question = data[2:]
+        hit = self.resolver.table.fast.get(question)
         if hit is None and self.cache is not None and self.cache.raw:
-            return self.cache.answer_udp(data, addr, sendto, start)  # a repeated cache hit
+            # a repeated cache hit
+            return self.cache.answer_udp(data, question, host, addr, sendto, start)
         if (
             hit is None
             or not self.accepting
             or self.querylog is not None
-            or not self.acl.allowed(addr[0])
+            or not self.acl.allowed(host)
         ):
             return False
         replies, label = hit
