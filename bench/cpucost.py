@@ -2,7 +2,7 @@
 """CPU time per query of a server at a fixed offered rate: a figure a busy machine barely moves.
 
     unshare --net bench/.venv/bin/python bench/cpucost.py [--rate 10000] [--duration 5] \
-        [--workloads synth,miss] [--servers pldns,pldns-cache,dnsdist] [--perf]
+        [--workloads synth,miss,zipf] [--servers pldns,pldns-cache,dnsdist,dnsdist-pc] [--perf]
 
 Throughput on a shared machine depends on what else runs; the CPU seconds the server itself
 spends per answered query does much less. In a network namespace with only `lo` (refuses to
@@ -93,7 +93,7 @@ def server_command(name: str, tmp: str, python: str) -> list[str]:
         with open(path, "w") as f:
             json.dump(config, f)
         return [python, "-m", "pldns", "serve", "--config", path, "--log-level", "warning"]
-    if name == "dnsdist":
+    if name in ("dnsdist", "dnsdist-pc"):
         lines = [
             'setSecurityPollSuffix("")',
             f'setLocal("127.0.0.1:{PORT}")',
@@ -102,6 +102,9 @@ def server_command(name: str, tmp: str, python: str) -> list[str]:
         for n, ips in synth.items():
             spoof = ",".join(f'"{ip}"' for ip in ips)
             lines.append(f'addAction(QNameRule("{n}"), SpoofAction({{{spoof}}}))')
+        if name == "dnsdist-pc":  # with its packet cache, as bench.py's dnsdist-pc
+            lines.append("pc = newPacketCache(200000, {maxTTL=86400, minTTL=0})")
+            lines.append('getPool(""):setCache(pc)')
         conf = os.path.join(tmp, "dnsdist.conf")
         with open(conf, "w") as f:
             f.write("\n".join(lines) + "\n")
