@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Final
 
 from pldns.dns.rcode import SERVFAIL, BadVersion, DnsError, Refused
 from pldns.dns.settings import DEFAULT_MAX_UDP_SIZE
@@ -31,13 +32,13 @@ from pldns.dns.wire import (
     udp_limit,
 )
 
-WHEN_UNKNOWN_FORWARD = "forward"
+WHEN_UNKNOWN_FORWARD: Final = "forward"
 
 # Where a reply came from, for metrics and the query log (bounded label values).
-SOURCE_OWNED = "owned"
-SOURCE_UPSTREAM = "upstream"
-SOURCE_LOCAL = "local"  # an error we produced ourselves: FORMERR, REFUSED, SERVFAIL, ...
-SOURCE_CACHE = "cache"  # from the packet cache (fresh or stale)
+SOURCE_OWNED: Final = "owned"
+SOURCE_UPSTREAM: Final = "upstream"
+SOURCE_LOCAL: Final = "local"  # an error we produced ourselves: FORMERR, REFUSED, SERVFAIL, ...
+SOURCE_CACHE: Final = "cache"  # from the packet cache (fresh or stale)
 
 
 @dataclass(slots=True)

@@ -21,12 +21,13 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Sequence
+from typing import Final
 
 # An answer goes out this long before the client's deadline at the latest, so the SERVFAIL
 # reaches the client before it gives up on us (a stub resolver retries at its own timeout).
-MARGIN_MAX = 0.3
-MARGIN_FRACTION = 0.1
-MARGIN_MIN = 0.02
+MARGIN_MAX: Final = 0.3
+MARGIN_FRACTION: Final = 0.1
+MARGIN_MIN: Final = 0.02
 
 
 class Outcome(enum.IntEnum):
@@ -39,7 +40,7 @@ class Outcome(enum.IntEnum):
 
 
 # Outcomes that say the server is not reachable on this transport (they count against it).
-FAILURES = frozenset({Outcome.TIMEOUT, Outcome.ERROR})
+FAILURES: Final = frozenset({Outcome.TIMEOUT, Outcome.ERROR})
 
 
 def margin(deadline: float) -> float:

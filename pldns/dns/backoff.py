@@ -10,9 +10,10 @@ value no larger than `cap`.
 from __future__ import annotations
 
 import math
+from typing import Final
 
 # Past this exponent first * 2**n is above any cap we use (first >= 1e-3 s, cap <= 1e6 s).
-_MAX_EXPONENT = 64
+_MAX_EXPONENT: Final = 64
 
 
 def capped_backoff(failures: int, first: float, cap: float, factor: float = 2.0) -> float:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from collections.abc import Collection
+from typing import Final
 
 from pldns.dns.cname import CNAME_IN
 from pldns.dns.rcode import DnsError
@@ -36,25 +37,25 @@ from pldns.dns.settings import Cache
 from pldns.dns.wire import HEADER_LEN, TYPE_ANY, TYPE_OPT, TYPE_SOA, Query, skip_name
 from pldns.dns.wire import strip_hop_by_hop as _strip
 
-KIND_SUCCESS = "success"
-KIND_DENIAL = "denial"
-KIND_SERVFAIL = "servfail"
-KINDS = (KIND_SUCCESS, KIND_DENIAL, KIND_SERVFAIL)  # the trailer stores the index
-_SERVFAIL = 2
+KIND_SUCCESS: Final = "success"
+KIND_DENIAL: Final = "denial"
+KIND_SERVFAIL: Final = "servfail"
+KINDS: Final = (KIND_SUCCESS, KIND_DENIAL, KIND_SERVFAIL)  # the trailer stores the index
+_SERVFAIL: Final = 2
 
 NOERROR, SERVFAIL_RCODE, NXDOMAIN = 0, 2, 3
-MAX_TTL_VALUE = 0x7FFFFFFF  # RFC 2181 §8: a TTL with the top bit set is treated as 0
-PREFETCH_FRACTION = 0.1  # refresh a popular entry in the last 10 % of its lifetime
+MAX_TTL_VALUE: Final = 0x7FFFFFFF  # RFC 2181 §8: a TTL with the top bit set is treated as 0
+PREFETCH_FRACTION: Final = 0.1  # refresh a popular entry in the last 10 % of its lifetime
 
-_HEADER = struct.Struct("!HHHHHH")
-_RR_FIXED = struct.Struct("!HHIH")
-_TTL = struct.Struct("!I")
-_META = struct.Struct("!HI")  # (offset of a TTL field, the TTL shown at age 0)
-_TRAILER = struct.Struct("!dIIB")  # expires, lifetime, age of the TTLs written, kind index
-_TRAILER_SIZE = _TRAILER.size
-_BITS = tuple(bytes((b,)) for b in range(16))
+_HEADER: Final = struct.Struct("!HHHHHH")
+_RR_FIXED: Final = struct.Struct("!HHIH")
+_TTL: Final = struct.Struct("!I")
+_META: Final = struct.Struct("!HI")  # (offset of a TTL field, the TTL shown at age 0)
+_TRAILER: Final = struct.Struct("!dIIB")  # expires, lifetime, age of the TTLs written, kind index
+_TRAILER_SIZE: Final = _TRAILER.size
+_BITS: Final = tuple(bytes((b,)) for b in range(16))
 _RD, _CD, _EDNS, _DO = 0x01, 0x02, 0x04, 0x08
-KEY_TAIL = 5  # the key is qname + type + class + one byte of bits
+KEY_TAIL: Final = 5  # the key is qname + type + class + one byte of bits
 
 
 def cache_key(data: bytes, q: Query) -> bytes | None:

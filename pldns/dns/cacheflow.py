@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pldns.dns.answer import SOURCE_CACHE, SOURCE_LOCAL, SOURCE_UPSTREAM
 from pldns.dns.cache import KIND_SERVFAIL, KINDS, Entry, PacketCache, cache_key
@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pldns.cache")
 
-MAX_WAITERS = 1000  # clients waiting on one flight; more are forwarded on their own
-RAW_MAX = 10_000  # popular query byte strings remembered for the fast path
+MAX_WAITERS: Final = 1000  # clients waiting on one flight; more are forwarded on their own
+RAW_MAX: Final = 10_000  # popular query byte strings remembered for the fast path
 
 Waiter = tuple["Exchange", Query, int]  # the exchange, its query, its reply size limit
 

@@ -26,7 +26,7 @@ Left alone (relayed as the upstream sent it):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from pldns.dns.answer import WHEN_UNKNOWN_FORWARD, Resolver
 from pldns.dns.rcode import SERVFAIL, FormatError
@@ -52,18 +52,18 @@ from pldns.dns.wire import (
     build_error,
 )
 
-MAX_CHAIN = 16  # CNAME links followed before the chain counts as a loop
+MAX_CHAIN: Final = 16  # CNAME links followed before the chain counts as a loop
 
 # What happened to a reply that reached `rewrite` (the values of the metric's label).
-REWRITTEN = "rewritten"
-SIGNED = "signed"
-LOOP = "loop"
-OUTCOMES = (REWRITTEN, SIGNED, LOOP)
+REWRITTEN: Final = "rewritten"
+SIGNED: Final = "signed"
+LOOP: Final = "loop"
+OUTCOMES: Final = (REWRITTEN, SIGNED, LOOP)
 
-CNAME_IN = b"\x00\x05\x00\x01"  # TYPE CNAME, CLASS IN: what an answer's CNAME record holds
-_SKIP_QTYPES = frozenset({TYPE_CNAME, TYPE_AXFR, TYPE_IXFR})
-_A_SIZE = 16  # a prebuilt A record: pointer, type, class, ttl, rdlength, 4 bytes
-_AAAA_SIZE = 28
+CNAME_IN: Final = b"\x00\x05\x00\x01"  # TYPE CNAME, CLASS IN: what an answer's CNAME record holds
+_SKIP_QTYPES: Final = frozenset({TYPE_CNAME, TYPE_AXFR, TYPE_IXFR})
+_A_SIZE: Final = 16  # a prebuilt A record: pointer, type, class, ttl, rdlength, 4 bytes
+_AAAA_SIZE: Final = 28
 
 
 def may_chain(reply: bytes, qend: int) -> bool:

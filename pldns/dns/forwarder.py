@@ -17,7 +17,7 @@ import logging
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from pldns.dns.attempt import Change, Outcome, Plan, Policy, Step
 from pldns.dns.health import Prober
@@ -30,8 +30,12 @@ from pldns.dns.wire import HEADER_LEN, OUR_PAYLOAD, UDP_MIN, Query, build_upstre
 log = logging.getLogger("pldns.forward")
 
 Done = Callable[[bytes | None], None]
-SWEEP_EVERY = 0.01  # timeout resolution, seconds
-REASONS = {Outcome.SERVFAIL: "servfail", Outcome.REFUSED: "refused", Outcome.TIMEOUT: "timeout"}
+SWEEP_EVERY: Final = 0.01  # timeout resolution, seconds
+REASONS: Final = {
+    Outcome.SERVFAIL: "servfail",
+    Outcome.REFUSED: "refused",
+    Outcome.TIMEOUT: "timeout",
+}
 
 
 class Pending:

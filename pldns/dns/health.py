@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Final
 
 from pldns.dns.wire import HEADER_LEN
 
 log = logging.getLogger("pldns.forward")
 
-PROBE_QUESTION = b"\x00\x00\x02\x00\x01"  # the root, type NS, class IN
-PROBE_FLAGS = b"\x01\x00"  # QUERY, RD=1
-PROBE_BODY = PROBE_FLAGS + b"\x00\x01\x00\x00\x00\x00\x00\x00" + PROBE_QUESTION
+PROBE_QUESTION: Final = b"\x00\x00\x02\x00\x01"  # the root, type NS, class IN
+PROBE_FLAGS: Final = b"\x01\x00"  # QUERY, RD=1
+PROBE_BODY: Final = PROBE_FLAGS + b"\x00\x01\x00\x00\x00\x00\x00\x00" + PROBE_QUESTION
 
 
 class Probe:

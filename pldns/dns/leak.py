@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from pldns.dns.rcode import FormatError
 from pldns.dns.settings import Leaks
@@ -20,10 +21,10 @@ from pldns.dns.wire import TYPE_A, TYPE_AAAA, decode_name, encode_name, skip_nam
 
 log = logging.getLogger("pldns.leak")
 
-MAX_NAMES = 1_000  # names remembered; the oldest is forgotten first
+MAX_NAMES: Final = 1_000  # names remembered; the oldest is forgotten first
 # Addresses remembered per name: the first ones seen. An upstream that rotates through the
 # 4M addresses of 100.64.0.0/10 must not grow a record (or its log line, or /status) forever.
-MAX_ADDRESSES = 16
+MAX_ADDRESSES: Final = 16
 
 
 @dataclass

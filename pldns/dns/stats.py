@@ -9,11 +9,12 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Final
 
 from pldns.dns.rcode import rcode_name
 
 # Query types with their own label; everything else is "other" (bounded cardinality).
-QTYPE_LABELS = {
+QTYPE_LABELS: Final = {
     1: "A",
     2: "NS",
     5: "CNAME",
@@ -32,13 +33,13 @@ QTYPE_LABELS = {
 }
 
 # Request duration buckets in seconds, as CoreDNS uses (plugin/metrics/vars).
-DURATION_BUCKETS = (
+DURATION_BUCKETS: Final = (
     0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
     1.024, 2.048, 4.096, 8.192,
 )  # fmt: skip
 
 
-_RCODE_LABELS = tuple(rcode_name(rcode) for rcode in range(16))
+_RCODE_LABELS: Final = tuple(rcode_name(rcode) for rcode in range(16))
 
 
 def qtype_label(qtype: int) -> str:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Final
 
 from pldns.dns.wire import HEADER_LEN, reply_matches
 
 log = logging.getLogger("pldns.forward")
 
-PIPELINE = 64  # queries waiting on one connection before another is opened
-MAX_FRAME_BUFFER = 2 * (65535 + 2)  # an upstream never needs more than one message unread
+PIPELINE: Final = 64  # queries waiting on one connection before another is opened
+MAX_FRAME_BUFFER: Final = 2 * (65535 + 2)  # an upstream never needs more than one message unread
 
 
 class TcpChannel(asyncio.Protocol):

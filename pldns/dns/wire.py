@@ -9,39 +9,39 @@ spelling of the name is echoed (RFC 4343 §4.1) and nothing is re-encoded.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from pldns.dns.rcode import Drop, FormatError, NotImplementedOpcode
 
-TYPE_A = 1
-TYPE_NS = 2
-TYPE_CNAME = 5
-TYPE_SOA = 6
-TYPE_PTR = 12
-TYPE_AAAA = 28
-TYPE_OPT = 41
-TYPE_RRSIG = 46
-TYPE_IXFR = 251
-TYPE_AXFR = 252
-TYPE_ANY = 255
-CLASS_IN = 1
-CLASS_ANY = 255  # as a QCLASS: "*", any class (RFC 1035 §3.2.5)
+TYPE_A: Final = 1
+TYPE_NS: Final = 2
+TYPE_CNAME: Final = 5
+TYPE_SOA: Final = 6
+TYPE_PTR: Final = 12
+TYPE_AAAA: Final = 28
+TYPE_OPT: Final = 41
+TYPE_RRSIG: Final = 46
+TYPE_IXFR: Final = 251
+TYPE_AXFR: Final = 252
+TYPE_ANY: Final = 255
+CLASS_IN: Final = 1
+CLASS_ANY: Final = 255  # as a QCLASS: "*", any class (RFC 1035 §3.2.5)
 
-HEADER_LEN = 12
-MAX_NAME = 255  # RFC 1035 §2.3.4, wire length including the root label
-MAX_LABEL = 63
-UDP_MIN = 512  # RFC 1035 §4.2.1; also the floor for an EDNS payload size (RFC 6891 §6.2.5)
-OUR_PAYLOAD = 1232  # DNS flag day 2020: what we advertise, to clients and upstreams
-TCP_MAX = 65535
+HEADER_LEN: Final = 12
+MAX_NAME: Final = 255  # RFC 1035 §2.3.4, wire length including the root label
+MAX_LABEL: Final = 63
+UDP_MIN: Final = 512  # RFC 1035 §4.2.1; also the floor for an EDNS payload size (RFC 6891 §6.2.5)
+OUR_PAYLOAD: Final = 1232  # DNS flag day 2020: what we advertise, to clients and upstreams
+TCP_MAX: Final = 65535
 
 # EDNS options that belong to one hop and must not be forwarded (RFC 7873 cookies §5.1,
 # RFC 7828 edns-tcp-keepalive §3.2, RFC 7830 padding §3).
-HOP_BY_HOP_OPTIONS = frozenset({10, 11, 12})
+HOP_BY_HOP_OPTIONS: Final = frozenset({10, 11, 12})
 
-_HEADER = struct.Struct("!HHHHHH")
-_RR_FIXED = struct.Struct("!HHIH")  # type, class, ttl, rdlength
-_COUNTS_1000 = b"\x00\x01\x00\x00\x00\x00\x00\x00"
-_COUNTS_1001 = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+_HEADER: Final = struct.Struct("!HHHHHH")
+_RR_FIXED: Final = struct.Struct("!HHIH")  # type, class, ttl, rdlength
+_COUNTS_1000: Final = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_COUNTS_1001: Final = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 
 
 class Opt(NamedTuple):
@@ -184,8 +184,8 @@ def opt_record(do: bool, ext_rcode: int = 0, options: bytes = b"") -> bytes:
     )
 
 
-OPT_PLAIN = opt_record(False)
-OPT_DO = opt_record(True)
+OPT_PLAIN: Final = opt_record(False)
+OPT_DO: Final = opt_record(True)
 
 
 def error_flags(data: bytes, rcode: int) -> bytes:
@@ -201,7 +201,7 @@ def error_flags(data: bytes, rcode: int) -> bytes:
     return bytes((b2, b3))
 
 
-_BARE_ERRORS = frozenset({1, 4})  # FORMERR, NOTIMP: see error_flags
+_BARE_ERRORS: Final = frozenset({1, 4})  # FORMERR, NOTIMP: see error_flags
 
 
 def build_error(data: bytes, rcode: int, qend: int = 0, opt: Opt | None = None) -> bytes:
@@ -325,8 +325,8 @@ def encode_name(name: str) -> bytes:
 
 # Bytes printed as themselves in a label; the specials among them get a backslash, and every
 # other byte becomes \DDD (RFC 1035 §5.1 master-file escapes, as dnspython's to_text does).
-_SPECIAL = frozenset(b'"().;\\@$')
-_LABEL_CHARS = [
+_SPECIAL: Final = frozenset(b'"().;\\@$')
+_LABEL_CHARS: Final = [
     ("\\" + chr(c) if c in _SPECIAL else chr(c)) if 0x20 < c < 0x7F else f"\\{c:03d}"
     for c in range(256)
 ]
