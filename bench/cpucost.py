@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data")
@@ -94,21 +95,12 @@ def server_command(name: str, tmp: str, python: str) -> list[str]:
             json.dump(config, f)
         return [python, "-m", "pldns", "serve", "--config", path, "--log-level", "warning"]
     if name in ("dnsdist", "dnsdist-pc"):
-        lines = [
-            'setSecurityPollSuffix("")',
-            f'setLocal("127.0.0.1:{PORT}")',
-            f'newServer{{address="127.0.0.1:{UP}", checkName="example.test.", checkType="SOA"}}',
-        ]
-        for n, ips in synth.items():
-            spoof = ",".join(f'"{ip}"' for ip in ips)
-            lines.append(f'addAction(QNameRule("{n}"), SpoofAction({{{spoof}}}))')
-        if name == "dnsdist-pc":  # with its packet cache, as bench.py's dnsdist-pc
-            lines.append("pc = newPacketCache(200000, {maxTTL=86400, minTTL=0})")
-            lines.append('getPool(""):setCache(pc)')
-        conf = os.path.join(tmp, "dnsdist.conf")
-        with open(conf, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        return ["dnsdist", "--supervised", "--disable-syslog", "-C", conf]
+        # The harness's own dnsdist config (spoofed owned names, the packet cache for -pc).
+        import bench  # bench/bench.py, beside this file
+
+        peer = types.SimpleNamespace(port=PORT)
+        build = bench.dnsdist_build(name == "dnsdist-pc")
+        return build(peer, tmp, {"upstream": f"127.0.0.1:{UP}"})
     raise SystemExit(f"unknown server {name}")
 
 
