@@ -278,3 +278,66 @@ def test_replies_the_kernel_does_not_take_are_counted_and_a_closed_listener_send
         assert listener.fd == -1 and sock.fileno() == -1
     finally:
         sock.close()
+
+
+class EndlessIo:
+    """An _mmsg with `total` owned queries ready, then errors; its kernel takes no reply."""
+
+    BATCH = 64
+
+    def __init__(self, query: bytes, total: int) -> None:
+        self.batch = [(query, "127.0.0.1", b"\x02\x00" + b"\x00" * 14)] * self.BATCH
+        self.left = total
+        self.errors = 0
+
+    def recv(self, fd: int, count: int) -> list[tuple[bytes, str, bytes]]:
+        if self.left <= 0:
+            self.errors += 1
+            raise OSError(12, "Cannot allocate memory")
+        got = self.batch[: min(count, self.left)]
+        self.left -= len(got)
+        return got
+
+    def send(self, fd: int, datas: list[bytes], addrs: list[bytes]) -> int:
+        return len(datas)
+
+    def sendto(self, fd: int, data: bytes, addr: bytes) -> bool:
+        return False
+
+
+def test_a_million_lost_replies_and_failed_reads_leave_nothing_behind(
+    pldns: Callable[..., Any],
+) -> None:
+    """The long run of both failure paths: 10**6 replies the kernel refuses, then 10**6 reads
+    that fail. Every loss is counted, nothing queues up, and the listener still reads after."""
+    server = pldns(in_process=True)
+    owned = dns.message.make_query(OWNED, "A").to_wire()
+    io = EndlessIo(owned, 10**6)
+    sock = udp_socket()
+    listener = BatchUdpListener(server.app.frontend, sock, io)
+
+    def run() -> tuple[int, int, int, int, int]:
+        wakeups = 0
+        while io.left > 0:
+            listener._readable()  # at most ROUNDS batches per wake-up
+            wakeups += 1
+        failed_before = io.errors  # the last full batch is followed by one more read
+        for _ in range(10**6):
+            listener._readable()
+        return (
+            int(server.stats.dropped["send"]),
+            wakeups,
+            len(listener.datas) + len(listener.addrs),
+            listener.fd,
+            io.errors - failed_before,
+        )
+
+    try:
+        lost, wakeups, queued, fd, failed = server.call(run, timeout=600)
+        assert lost == 10**6, "every refused reply is counted"
+        assert wakeups == -(-(10**6) // (listeners.ROUNDS * io.BATCH)), "bounded per wake-up"
+        assert queued == 0, "nothing waits for a send that will not come"
+        assert failed == 10**6 and fd >= 0, "failed reads are survived, the socket kept"
+    finally:
+        listener.close()
+        sock.close()
