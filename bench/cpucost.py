@@ -2,7 +2,7 @@
 """CPU time per query of a server at a fixed offered rate: a figure a busy machine barely moves.
 
     unshare --net bench/.venv/bin/python bench/cpucost.py [--rate 10000] [--duration 5] \
-        [--workloads synth,miss,zipf] [--servers pldns,pldns-cache,dnsdist,dnsdist-pc] [--perf]
+        [--workloads synth,miss,zipf] [--servers pldns,pldns-cache,dnsdist,dnsdist-pc,unbound,dnsmasq-20k] [--perf]
 
 Throughput on a shared machine depends on what else runs; the CPU seconds the server itself
 spends per answered query does much less. In a network namespace with only `lo` (refuses to
@@ -94,14 +94,20 @@ def server_command(name: str, tmp: str, python: str) -> list[str]:
         with open(path, "w") as f:
             json.dump(config, f)
         return [python, "-m", "pldns", "serve", "--config", path, "--log-level", "warning"]
-    if name in ("dnsdist", "dnsdist-pc"):
-        # The harness's own dnsdist config (spoofed owned names, the packet cache for -pc).
-        import bench  # bench/bench.py, beside this file
+    # The harness's own peer configs (bench/bench.py, beside this file): spoofed owned names,
+    # the packet cache for dnsdist-pc, unbound's default caches, dnsmasq's 20k-entry cache.
+    import bench
 
-        peer = types.SimpleNamespace(port=PORT)
-        build = bench.dnsdist_build(name == "dnsdist-pc")
-        return build(peer, tmp, {"upstream": f"127.0.0.1:{UP}"})
-    raise SystemExit(f"unknown server {name}")
+    builds = {
+        "dnsdist": lambda: bench.dnsdist_build(False),
+        "dnsdist-pc": lambda: bench.dnsdist_build(True),
+        "unbound": lambda: bench.unbound_build(True),
+        "dnsmasq-20k": lambda: bench.dnsmasq_build(20000),
+    }
+    if name not in builds:
+        raise SystemExit(f"unknown server {name}")
+    peer = types.SimpleNamespace(port=PORT)
+    return builds[name]()(peer, tmp, {"upstream": f"127.0.0.1:{UP}"})
 
 
 def percentiles(path: str) -> tuple[float, float, float]:
@@ -313,7 +319,10 @@ def run(args: argparse.Namespace) -> None:
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"kept {tmp} (perf data, logs)")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
@@ -326,6 +335,7 @@ def main() -> None:
     ap.add_argument("--perf", action="store_true")
     ap.add_argument("--record", action="store_true", help="perf record: where the CPU goes")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--keep", action="store_true", help="keep the run's directory (perf data)")
     ap.add_argument("--rss", action="store_true", help="the server's RSS after the run")
     ap.add_argument("--syscalls", action="store_true", help="perf trace -s: syscalls by kind")
     args = ap.parse_args()

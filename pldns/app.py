@@ -20,9 +20,10 @@ from pldns.dns.acl import Acl
 from pldns.dns.answer import Resolver
 from pldns.dns.cache import PacketCache
 from pldns.dns.cacheflow import CacheFlow
+from pldns.dns.connection import TcpConnection
 from pldns.dns.forwarder import Forwarder
 from pldns.dns.leak import LeakDetector
-from pldns.dns.listeners import Listener, TcpConnection
+from pldns.dns.listeners import Listener
 from pldns.dns.pipeline import Frontend
 from pldns.dns.querylog import QueryLog
 from pldns.dns.settings import HostPort

@@ -10,11 +10,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.fakes.mmsg import load_mmsg
 from tests.fakes.peers import Dnsmasq, Unbound
 from tests.fakes.proc import (
     InProcessPldns,
@@ -185,3 +187,9 @@ def root_logging() -> Iterator[None]:
     for handler in handlers:
         root.addHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def mmsg(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    """pldns.dns._mmsg: the build's own, or compiled from its source (tests/fakes/mmsg.py)."""
+    return load_mmsg(tmp_path_factory.mktemp("mmsg"))

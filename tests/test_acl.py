@@ -77,7 +77,7 @@ def test_cache_is_bounded(monkeypatch):
     acl = Acl(["10.0.0.0/8"])
     for i in range(1000):
         acl.allowed(f"10.0.{i >> 8}.{i & 255}")
-        assert len(acl._cache) <= 100
+        assert len(acl.verdicts) <= 100
     assert acl.allowed("10.0.0.1") and not acl.allowed("11.0.0.1")
 
 

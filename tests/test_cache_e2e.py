@@ -24,12 +24,30 @@ import dns.rdatatype
 import pytest
 
 from pldns.config import parse_config
+from pldns.dns import listeners
 from tests.fakes import clients
 from tests.fakes.proc import REPO, InProcessPldns, PldnsProcess, base_config, free_port, merge
 from tests.fakes.upstream import FakeUpstream
 
 WWW = "www.example.test"
 WWW_IP = "192.0.2.1"
+
+
+@pytest.fixture(autouse=True, params=["transport", "batched"])
+def udp_read(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, mmsg: Any) -> str:
+    """Every test here runs both ways: UDP through the event loop's transport (each hit
+    answered in Python), and through _mmsg with repeated hits answered in C
+    (pldns/dns/hitpath.py), which is how the compiled build runs."""
+    monkeypatch.setattr(listeners, "BATCH_IO", None if request.param == "transport" else mmsg)
+    return str(request.param)
+
+
+def answered_in_c(server: InProcessPldns) -> int:
+    def count() -> int:
+        udp = [listener.udp for listener in server.app.listeners]
+        return sum(u.hit_path.answered for u in udp if getattr(u, "hit_path", None) is not None)
+
+    return int(server.call(count))
 
 
 class FakeClock:
@@ -166,6 +184,25 @@ def test_a_truncated_reply_is_never_cached(pldns, upstream) -> None:
         reply = clients.tcp(server.addr, clients.make_query(big, "TXT", use_edns=0, payload=4096))
         assert not reply.flags & dns.flags.TC and len(reply.answer[0]) == 40
     assert len(upstream.queries(big, transport="tcp")) == 1
+
+
+def test_a_cached_big_answer_over_udp_stays_within_max_udp_size_on_every_hit(
+    pldns, upstream
+) -> None:
+    big = "big.example.test"
+    upstream.big(big)
+    server, _ = start(pldns)
+    q = clients.make_query(big, "TXT", use_edns=0, payload=4096)
+    whole = clients.tcp(server.addr, q)  # stored whole (about 2.9 KB)
+    assert not whole.flags & dns.flags.TC and len(whole.answer[0]) == 40
+    asked = len(upstream.queries(big))
+    for i in range(4):  # the scan path, then the repeated bytes (and C, which hands it back)
+        q.id = 300 + i
+        wire = clients.raw_udp(server.addr, q.to_wire(), timeout=5.0)
+        assert wire is not None and len(wire) <= 1232, f"hit {i}: {len(wire or b'')} bytes"
+        reply = dns.message.from_wire(wire)
+        assert reply.flags & dns.flags.TC and reply.id == q.id and reply.answer == []
+    assert len(upstream.queries(big)) == asked  # every one a hit
 
 
 def test_servfail_is_cached_for_servfail_ttl(pldns, upstream) -> None:
@@ -389,7 +426,9 @@ def test_flush_over_http_and_the_cli(tmp_path, upstream: FakeUpstream) -> None:
         server.check_clean_exit()
 
 
-def test_repeated_query_bytes_take_the_fast_path_with_the_same_answer(pldns, upstream) -> None:
+def test_repeated_query_bytes_take_the_fast_path_with_the_same_answer(
+    pldns, upstream, udp_read: str
+) -> None:
     upstream.answer(WWW, WWW_IP)
     server, clock = start(pldns, cache={"prefetch": 2})
     q = clients.make_query(WWW, "A", use_edns=0)
@@ -404,11 +443,16 @@ def test_repeated_query_bytes_take_the_fast_path_with_the_same_answer(pldns, ups
     assert all(clients.a_records(dns.message.from_wire(w)) == {WWW_IP} for w in wires)
     assert [dns.message.from_wire(w).answer[0].ttl for w in wires] == [60, 59, 58, 57, 56]
     assert wait_until(lambda: server.app.stats.requests[("udp", "A")] == 5)
+    # the third on: the same bytes seen hit before (in C when UDP is read with _mmsg)
+    assert answered_in_c(server) == (3 if udp_read == "batched" else 0)
     clock.now = 1000 + 55  # due for a prefetch: the fast path starts it too
     q.id = 200
     assert clients.raw_udp(server.addr, q.to_wire(), timeout=5.0) is not None
     assert len(upstream.wait_for(2, WWW)) == 2
     assert server.app.cache.prefetches["success"] == 1
+    assert server.app.stats.responses[("NOERROR", "cache")] == 5
+    assert server.app.cache.hits["success"] == 5
+    assert server.app.stats.duration["cache"].count == 5
 
 
 def test_a_client_outside_allow_gets_refused_even_for_a_hot_cached_query(pldns, upstream) -> None:

@@ -21,14 +21,8 @@ import pytest
 from pldns.dns import listeners
 from pldns.dns.listeners import BatchUdpListener
 from tests.fakes import clients
-from tests.fakes.mmsg import load_mmsg
 from tests.fakes.proc import OWNED, OWNED_IPS
 from tests.fakes.upstream import FakeUpstream
-
-
-@pytest.fixture(scope="module")
-def mmsg(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    return load_mmsg(tmp_path_factory.mktemp("mmsg"))
 
 
 def udp_socket(host: str = "127.0.0.1") -> socket.socket:

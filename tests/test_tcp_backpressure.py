@@ -18,7 +18,7 @@ import pytest
 
 from pldns.app import App
 from pldns.config import parse_config
-from pldns.dns.listeners import TcpConnection
+from pldns.dns.connection import TcpConnection
 from pldns.dns.settings import HostPort
 from tests.fakes.proc import OWNED, base_config
 

@@ -18,12 +18,13 @@ from importlib.machinery import EXTENSION_SUFFIXES
 # `settings` (frozen dataclasses the config layer builds and replaces) and `table` (frozen
 # dataclasses pickled to the workers, which compiled classes would not unpickle).
 COMPILED = (
-    "acl", "answer", "attempt", "backoff", "cache", "cacheflow", "cname", "forwarder",
-    "health", "leak", "listeners", "pipeline", "querylog", "stats", "tcppool", "upstream",
-    "wire",
+    "acl", "answer", "attempt", "backoff", "cache", "cacheflow", "cname", "connection",
+    "forwarder", "health", "hitpath", "leak", "listeners", "pipeline", "querylog", "stats",
+    "tcppool", "upstream", "wire",
 )  # fmt: skip
 # C sources in pldns/dns, built only with COMPILED: `_mmsg`, batched UDP I/O (recvmmsg and
-# sendmmsg, which Python's socket module lacks) for pldns.dns.listeners.BatchUdpListener.
+# sendmmsg, which Python's socket module lacks) for pldns.dns.listeners.BatchUdpListener,
+# which also answers repeated cache hits (pldns.dns.hitpath).
 EXTENSIONS = ("_mmsg",)
 
 

@@ -26,10 +26,11 @@ class Acl:
         self._local = netaddr.IPSet(
             netaddr.IPAddress(h.split("%", 1)[0]) for h in local if h not in _WILDCARDS
         )
-        self._cache: dict[str, bool] = {}
+        # host text -> allowed; bounded. _mmsg.serve reads it too (only True is served there).
+        self.verdicts: dict[str, bool] = {}
 
     def allowed(self, host: str) -> bool:
-        hit = self._cache.get(host)
+        hit = self.verdicts.get(host)
         if hit is not None:
             return hit
         try:
@@ -39,7 +40,7 @@ class Acl:
         if addr.version == 6 and addr.is_ipv4_mapped():
             addr = addr.ipv4()
         result = addr in self._set or addr in self._local
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()  # bounded: a spray of sources cannot grow memory
-        self._cache[host] = result
+        if len(self.verdicts) >= _CACHE_MAX:
+            self.verdicts.clear()  # bounded: a spray of sources cannot grow memory
+        self.verdicts[host] = result
         return result

@@ -31,7 +31,7 @@ from pldns.dns.answer import SOURCE_CACHE, SOURCE_LOCAL, SOURCE_UPSTREAM
 from pldns.dns.cache import KIND_SERVFAIL, KINDS, Entry, PacketCache, cache_key
 from pldns.dns.cname import CNAME_IN
 from pldns.dns.rcode import REFUSED, SERVFAIL, DnsError
-from pldns.dns.stats import QTYPE_LABELS
+from pldns.dns.stats import LABEL_INDEX, QTYPE_LABELS
 from pldns.dns.wire import HEADER_LEN, TCP_MAX, UDP_MIN, Query, build_error, truncate, udp_limit
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ MAX_WAITERS: Final = 1000  # clients waiting on one flight; more are forwarded o
 RAW_MAX: Final = 10_000  # popular query byte strings remembered for the fast path
 
 Waiter = tuple["Exchange", Query, int]  # the exchange, its query, its reply size limit
+Raw = tuple[bytes, Query, str, int, int, int]
 
 
 class Flight:
@@ -68,8 +69,10 @@ class CacheFlow:
         self.cache = cache
         self.clock = clock
         self.flights: dict[bytes, Flight] = {}
-        self.raw: dict[bytes, tuple[bytes, Query, str]] = {}  # query bytes -> key, query, label
-        self._table = frontend.resolver.table  # the table `raw` was filled under
+        # query bytes after the ID -> (key, query, qtype label, qend, UDP size limit, label
+        # index): the shape _mmsg.serve reads too (pldns/dns/hitpath.py)
+        self.raw: dict[bytes, Raw] = {}
+        self.table_seen = frontend.resolver.table  # the table `raw` was filled under
 
     def fast(self, ex: Exchange) -> bool:
         """Answer a query whose bytes (after the ID) were seen hit before, without scanning it.
@@ -83,10 +86,10 @@ class CacheFlow:
         if hit is None:
             return False
         fe = self.fe
-        if fe.resolver.table is not self._table:
+        if fe.resolver.table is not self.table_seen:
             self.raw.clear()
             return False
-        key, q, label = hit
+        key, q, label = hit[0], hit[1], hit[2]
         now = self.clock()
         reply, entry = self.cache.lookup(key, data, q.qend, now)
         if reply is None:
@@ -108,15 +111,15 @@ class CacheFlow:
         fe = self.fe
         if not fe.accepting or fe.querylog is not None or not fe.acl.allowed(host):
             return False
-        if fe.resolver.table is not self._table:
+        if fe.resolver.table is not self.table_seen:
             self.raw.clear()
             return False
-        key, q, label = hit
+        key, q, label, limit = hit[0], hit[1], hit[2], hit[4]
         now = self.clock()
         reply, entry = self.cache.lookup(key, data, q.qend, now)
         if reply is None:
             return False
-        if len(reply) > UDP_MIN and len(reply) > udp_limit(q):
+        if len(reply) > UDP_MIN and len(reply) > limit:
             reply = truncate(reply, q.qend, q.opt)
         sendto(reply, addr)
         stats = fe.stats
@@ -143,12 +146,14 @@ class CacheFlow:
             if entry is not None:
                 self._prefetch(key, data, q, entry, now)
             raw = self.raw
-            if fe.resolver.table is not self._table:
+            if fe.resolver.table is not self.table_seen:
                 raw.clear()
-                self._table = fe.resolver.table
+                self.table_seen = fe.resolver.table
             if len(raw) >= RAW_MAX:
                 raw.clear()
-            raw[data[2:]] = (key, q, QTYPE_LABELS.get(q.qtype, "other"))
+            label = QTYPE_LABELS.get(q.qtype, "other")
+            limit = min(udp_limit(q), fe.forwarder.settings.max_udp_size)
+            raw[data[2:]] = (key, q, label, q.qend, limit, LABEL_INDEX[label])
             return True
         cache.misses += 1
         # `entry` is now None or stale (expired less than stale_window ago).

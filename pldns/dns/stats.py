@@ -32,6 +32,10 @@ QTYPE_LABELS: Final = {
     255: "ANY",
 }
 
+# The qtype labels in a fixed order, for a label kept as a small int (pldns/dns/hitpath.py).
+LABEL_NAMES: Final = (*QTYPE_LABELS.values(), "other")
+LABEL_INDEX: Final = {label: index for index, label in enumerate(LABEL_NAMES)}
+
 # Request duration buckets in seconds, as CoreDNS uses (plugin/metrics/vars).
 DURATION_BUCKETS: Final = (
     0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
@@ -39,7 +43,7 @@ DURATION_BUCKETS: Final = (
 )  # fmt: skip
 
 
-_RCODE_LABELS: Final = tuple(rcode_name(rcode) for rcode in range(16))
+RCODE_LABELS: Final = tuple(rcode_name(rcode) for rcode in range(16))
 
 
 def qtype_label(qtype: int) -> str:
@@ -102,7 +106,7 @@ class Stats:
 
     def respond(self, reply: bytes, source: str, seconds: float) -> None:
         """Count a reply we send: its RCODE (extended RCODE not included), source, duration."""
-        self.responses[(_RCODE_LABELS[reply[3] & 0x0F], source)] += 1
+        self.responses[(RCODE_LABELS[reply[3] & 0x0F], source)] += 1
         hist = self.duration.get(source)
         if hist is None:
             hist = self.duration[source] = Histogram()
