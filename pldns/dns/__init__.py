@@ -15,8 +15,9 @@ from importlib.machinery import EXTENSION_SUFFIXES
 
 # The hot path and what it calls per query. Left out, being read rather than run per query:
 # `rcode` (exception classes: a compiled subclass would not see its class-level RCODE),
-# `settings` (frozen dataclasses the config layer builds and replaces) and `table` (frozen
-# dataclasses pickled to the workers, which compiled classes would not unpickle).
+# `settings` (frozen dataclasses the config layer builds and replaces), `table` (frozen
+# dataclasses pickled to the workers, which compiled classes would not unpickle) and `tally`
+# (a Counter subclass: mypyc compiles classes that derive from object).
 COMPILED = (
     "acl", "answer", "attempt", "backoff", "cache", "cacheflow", "cname", "connection",
     "forwarder", "health", "hitpath", "leak", "listeners", "pipeline", "querylog", "stats",

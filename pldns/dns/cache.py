@@ -27,13 +27,13 @@ hand last passed goes first), and each entry is kept to a few hundred bytes (see
 from __future__ import annotations
 
 import struct
-from collections import Counter
 from collections.abc import Collection
 from typing import Final
 
 from pldns.dns.cname import CNAME_IN
 from pldns.dns.rcode import DnsError
 from pldns.dns.settings import Cache
+from pldns.dns.tally import Tally
 from pldns.dns.wire import HEADER_LEN, TYPE_ANY, TYPE_OPT, TYPE_SOA, Query, skip_name
 from pldns.dns.wire import strip_hop_by_hop as _strip
 
@@ -195,12 +195,12 @@ class PacketCache:
         self.settings = settings
         self.entries: dict[bytes, Entry] = {}
         self.recheck: dict[bytes, float] = {}  # key -> answer stale without asking until then
-        self.kinds: Counter[str] = Counter()  # entries by kind
-        self.hits: Counter[str] = Counter()
-        self.stale: Counter[str] = Counter()
-        self.prefetches: Counter[str] = Counter()
-        self.evictions: Counter[str] = Counter()
-        self.inserts: Counter[str] = Counter()
+        self.kinds: Tally[str] = Tally()  # entries by kind
+        self.hits: Tally[str] = Tally()
+        self.stale: Tally[str] = Tally()
+        self.prefetches: Tally[str] = Tally()
+        self.evictions: Tally[str] = Tally()
+        self.inserts: Tally[str] = Tally()
         self.misses = 0
         self.coalesced = 0
         self.flushes = 0

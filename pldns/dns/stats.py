@@ -1,17 +1,18 @@
 """Plain counters the hot path bumps; the metrics module exports them at scrape time.
 
 A prometheus-client Counter costs a lock and a label lookup per increment; a dict of ints
-costs ~100 ns. The exporter reads these when /metrics is scraped.
+costs ~100 ns, and so does a `Tally` (pldns.dns.tally: a collections.Counter with dict's own
+item assignment). The exporter reads these when /metrics is scraped.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final
 
 from pldns.dns.rcode import rcode_name
+from pldns.dns.tally import Tally
 
 # Query types with their own label; everything else is "other" (bounded cardinality).
 QTYPE_LABELS: Final = {
@@ -71,11 +72,11 @@ class Histogram:
 @dataclass
 class UpstreamStats:
     requests: int = 0
-    failures: Counter[str] = field(default_factory=Counter)  # reason -> count
+    failures: Tally[str] = field(default_factory=Tally)  # reason -> count
     duration: Histogram = field(default_factory=Histogram)
     healthy: bool = True  # UDP in rotation
     tcp_healthy: bool = True  # TCP in rotation (judged apart from UDP)
-    probes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (transport, ok|fail)
+    probes: Tally[tuple[str, str]] = field(default_factory=Tally)  # (transport, ok|fail)
     last_probe: float = 0.0  # Unix time of the last probe result; 0: never probed
     last_probe_ok: bool = False
     tcp_opened: int = 0  # TCP connections opened to it
@@ -85,18 +86,18 @@ class UpstreamStats:
 class Stats:
     """Everything the DNS side counts. Labels are bounded by construction."""
 
-    requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (proto, qtype)
-    responses: Counter[tuple[str, str]] = field(default_factory=Counter)  # (rcode, source)
+    requests: Tally[tuple[str, str]] = field(default_factory=Tally)  # (proto, qtype)
+    responses: Tally[tuple[str, str]] = field(default_factory=Tally)  # (rcode, source)
     duration: dict[str, Histogram] = field(default_factory=dict)  # source -> histogram
-    dropped: Counter[str] = field(default_factory=Counter)  # reason
+    dropped: Tally[str] = field(default_factory=Tally)  # reason
     rejected_inflight: int = 0
     inflight: int = 0
     tcp_connections: int = 0
     tcp_rejected: int = 0
-    tcp_closed: Counter[str] = field(default_factory=Counter)  # reason we closed a client
-    truncated: Counter[str] = field(default_factory=Counter)  # TC=1 replies we made, by cause
+    tcp_closed: Tally[str] = field(default_factory=Tally)  # reason we closed a client
+    truncated: Tally[str] = field(default_factory=Tally)  # TC=1 replies we made, by cause
     upstreams: dict[str, UpstreamStats] = field(default_factory=dict)
-    chains: Counter[str] = field(default_factory=Counter)  # CNAME chains into owned names
+    chains: Tally[str] = field(default_factory=Tally)  # CNAME chains into owned names
 
     def upstream(self, name: str) -> UpstreamStats:
         entry = self.upstreams.get(name)
