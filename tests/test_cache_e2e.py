@@ -379,6 +379,33 @@ def test_a_reload_that_owns_a_name_drops_its_cached_entries(pldns, upstream) -> 
     assert len(upstream.queries(name)) == 2  # A and AAAA once each, never again
 
 
+def test_a_reload_that_lowers_max_udp_size_applies_to_repeated_hits(pldns, upstream) -> None:
+    big = "big.example.test"
+    upstream.big(big)
+    server, _ = start(pldns, forward={"max_udp_size": 4096})
+    q = clients.make_query(big, "TXT", use_edns=0, payload=4096)
+    sizes = []
+    for i in range(3):  # fetched whole (TCP upstream), then hits: the bytes are remembered
+        q.id = 400 + i
+        wire = clients.raw_udp(server.addr, q.to_wire(), timeout=5.0)
+        assert wire is not None
+        sizes.append(len(wire))
+    assert all(size > 1232 for size in sizes) and len(server.app.frontend.cache.raw) == 1
+    config = server.app.config
+    lowered = merge(base_config(server.host, server.port, [upstream.address]), {})
+
+    async def reload() -> None:
+        await server.app.apply(parse_config(lowered))  # max_udp_size back to 1232
+
+    server.call(lambda: server.loop.create_task(reload()))
+    assert wait_until(lambda: server.app.config is not config)
+    for i in range(3):
+        q.id = 500 + i
+        wire = clients.raw_udp(server.addr, q.to_wire(), timeout=5.0)
+        assert wire is not None and len(wire) <= 1232, f"hit {i} after the reload"
+        assert dns.message.from_wire(wire).flags & dns.flags.TC
+
+
 def test_flush_over_http_and_the_cli(tmp_path, upstream: FakeUpstream) -> None:
     upstream.answer(WWW, WWW_IP)
     port, http_port = free_port(), free_port()

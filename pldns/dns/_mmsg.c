@@ -88,19 +88,24 @@ static int remember(const struct sockaddr_storage *sa, socklen_t len) {
     return 0;
 }
 
+/* One datagram's message header: its bytes and its address. */
+static void point(struct msghdr *hdr, struct iovec *iov, void *base, size_t len, void *name,
+                  socklen_t namelen) {
+    iov->iov_base = base;
+    iov->iov_len = len;
+    memset(hdr, 0, sizeof *hdr);
+    hdr->msg_iov = iov;
+    hdr->msg_iovlen = 1;
+    hdr->msg_name = name;
+    hdr->msg_namelen = namelen;
+}
+
 /* recvmmsg up to `count` datagrams into bufs/names: how many, or -1 with errno set. */
 static int read_batch(int fd, int count) {
     if (count > BATCH) count = BATCH;
     if (count < 1) count = 1;
-    for (int i = 0; i < count; i++) {
-        riov[i].iov_base = bufs[i];
-        riov[i].iov_len = BUFSIZE;
-        memset(&rmsgs[i].msg_hdr, 0, sizeof rmsgs[i].msg_hdr);
-        rmsgs[i].msg_hdr.msg_iov = &riov[i];
-        rmsgs[i].msg_hdr.msg_iovlen = 1;
-        rmsgs[i].msg_hdr.msg_name = &names[i];
-        rmsgs[i].msg_hdr.msg_namelen = sizeof names[i];
-    }
+    for (int i = 0; i < count; i++)
+        point(&rmsgs[i].msg_hdr, &riov[i], bufs[i], BUFSIZE, &names[i], sizeof names[i]);
     return recvmmsg(fd, rmsgs, (unsigned)count, MSG_DONTWAIT, NULL);
 }
 
@@ -153,13 +158,8 @@ static int fill(struct msghdr *hdr, struct iovec *iov, PyObject *data, PyObject 
         PyErr_SetString(PyExc_TypeError, "send: datas and addrs hold bytes");
         return -1;
     }
-    iov->iov_base = PyBytes_AS_STRING(data);
-    iov->iov_len = (size_t)PyBytes_GET_SIZE(data);
-    memset(hdr, 0, sizeof *hdr);
-    hdr->msg_iov = iov;
-    hdr->msg_iovlen = 1;
-    hdr->msg_name = PyBytes_AS_STRING(addr);
-    hdr->msg_namelen = (socklen_t)PyBytes_GET_SIZE(addr);
+    point(hdr, iov, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data),
+          PyBytes_AS_STRING(addr), (socklen_t)PyBytes_GET_SIZE(addr));
     return 0;
 }
 
@@ -432,13 +432,8 @@ static PyObject *mmsg_serve(PyObject *self, PyObject *args) {
         if (got < 0) goto error;
         if (got) {
             tally_one(tally, slot, nanos() - start);
-            iov[k].iov_base = outs[k];
-            iov[k].iov_len = size;
-            memset(&msgs[k].msg_hdr, 0, sizeof msgs[k].msg_hdr);
-            msgs[k].msg_hdr.msg_iov = &iov[k];
-            msgs[k].msg_hdr.msg_iovlen = 1;
-            msgs[k].msg_hdr.msg_name = &names[i];
-            msgs[k].msg_hdr.msg_namelen = rmsgs[i].msg_hdr.msg_namelen;
+            point(&msgs[k].msg_hdr, &iov[k], outs[k], size, &names[i],
+                  rmsgs[i].msg_hdr.msg_namelen);
             k++;
             continue;
         }

@@ -72,7 +72,19 @@ class CacheFlow:
         # query bytes after the ID -> (key, query, qtype label, qend, UDP size limit, label
         # index): the shape _mmsg.serve reads too (pldns/dns/hitpath.py)
         self.raw: dict[bytes, Raw] = {}
-        self.table_seen = frontend.resolver.table  # the table `raw` was filled under
+        # what `raw` was filled under: the owned names, and the forward settings (its limits)
+        self.table_seen = frontend.resolver.table
+        self.forward_seen = frontend.forwarder.settings
+
+    def raw_current(self) -> bool:
+        """Was `raw` filled under the owned names and forward settings in force? If not, it
+        is emptied (a name owned now must not come from the cache, nor a hit over a UDP size
+        limit a reload lowered) and fills again on the next hits."""
+        fe = self.fe
+        if fe.resolver.table is self.table_seen and fe.forwarder.settings is self.forward_seen:
+            return True
+        self.raw.clear()
+        return False
 
     def fast(self, ex: Exchange) -> bool:
         """Answer a query whose bytes (after the ID) were seen hit before, without scanning it.
@@ -86,8 +98,7 @@ class CacheFlow:
         if hit is None:
             return False
         fe = self.fe
-        if fe.resolver.table is not self.table_seen:
-            self.raw.clear()
+        if not self.raw_current():
             return False
         key, q, label = hit[0], hit[1], hit[2]
         now = self.clock()
@@ -111,8 +122,7 @@ class CacheFlow:
         fe = self.fe
         if not fe.accepting or fe.querylog is not None or not fe.acl.allowed(host):
             return False
-        if fe.resolver.table is not self.table_seen:
-            self.raw.clear()
+        if not self.raw_current():
             return False
         key, q, label, limit = hit[0], hit[1], hit[2], hit[4]
         now = self.clock()
@@ -146,9 +156,9 @@ class CacheFlow:
             if entry is not None:
                 self._prefetch(key, data, q, entry, now)
             raw = self.raw
-            if fe.resolver.table is not self.table_seen:
-                raw.clear()
+            if not self.raw_current():
                 self.table_seen = fe.resolver.table
+                self.forward_seen = fe.forwarder.settings
             if len(raw) >= RAW_MAX:
                 raw.clear()
             label = QTYPE_LABELS.get(q.qtype, "other")

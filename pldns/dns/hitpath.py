@@ -4,14 +4,15 @@ the tally it keeps comes back into the metrics.
 `_mmsg.serve` reads a batch of datagrams as `recv` does and answers, itself, each one whose
 bytes after the ID are in `CacheFlow.raw` (a query seen hit before), from a client the ACL
 has allowed before, while its entry is fresh and not due for a prefetch: the reply
-`CacheFlow.answer_udp` would build, byte for byte (tests/test_hitpath.py compares them). It
-hands back every other datagram, and Python answers those as it would have. The cache's rules
-stay here in Python; C only copies, which is most of what a hit costs in Python (the README's
-"Compiled data plane").
+`CacheFlow.answer_udp` would build, byte for byte (tests/test_hitpath.py and
+tests/test_hitpath_differential.py compare them). It hands back every other datagram, and
+Python answers those as it would have. The cache's rules stay in Python; C only copies, which
+was most of what a hit cost in Python (the README's "Compiled data plane").
 
 Off (the listener calls `recv`) while the frontend is not accepting, the query log is on, or
-the cache has no popular query yet; `raw` is emptied when the owned names change, as the
-Python path does, so an owned name is never answered from the cache.
+the cache has no popular query yet; `raw` is emptied when the owned names or the forward
+settings change (`CacheFlow.raw_current`), as on the Python path, so an owned name is never
+answered from the cache, nor a hit over a UDP size a reload lowered.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ class HitPath:
         flow = fe.cache
         if flow is None or not flow.raw or not fe.accepting or fe.querylog is not None:
             return None
-        if fe.resolver.table is not flow.table_seen:
-            flow.raw.clear()  # the owned names changed: relearn (CacheFlow.handle)
+        if not flow.raw_current():  # a reload changed the owned names or the limits
             return None
         cache = flow.cache
         tally = self.tally
