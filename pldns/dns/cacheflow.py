@@ -162,8 +162,7 @@ class CacheFlow:
             if len(raw) >= RAW_MAX:
                 raw.clear()
             label = QTYPE_LABELS.get(q.qtype, "other")
-            limit = min(udp_limit(q), fe.forwarder.settings.max_udp_size)
-            raw[data[2:]] = (key, q, label, q.qend, limit, LABEL_INDEX[label])
+            raw[data[2:]] = (key, q, label, q.qend, self._udp_limit(q), LABEL_INDEX[label])
             return True
         cache.misses += 1
         # `entry` is now None or stale (expired less than stale_window ago).
@@ -196,8 +195,9 @@ class CacheFlow:
             cache.prefetches[entry.kind] += 1
 
     def _limit(self, ex: Exchange, q: Query) -> int:
-        if ex.proto != "udp":
-            return TCP_MAX
+        return self._udp_limit(q) if ex.proto == "udp" else TCP_MAX
+
+    def _udp_limit(self, q: Query) -> int:
         # At most forward.max_udp_size over UDP whatever the client advertises (#9).
         return min(udp_limit(q), self.fe.forwarder.settings.max_udp_size)
 

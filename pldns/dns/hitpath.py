@@ -27,6 +27,7 @@ from pldns.dns.pipeline import Frontend
 # (Histogram().buckets, not stats.DURATION_BUCKETS: mypyc does not set a Final tuple of
 # literals for another module to read.)
 from pldns.dns.stats import LABEL_NAMES, RCODE_LABELS, Histogram
+from pldns.dns.tally import Tally
 
 
 class HitPath:
@@ -73,15 +74,14 @@ class HitPath:
             tally,
         )
         if tally[self.served]:
-            self.fold()
+            self.fold(cache.hits)
         return got
 
-    def fold(self) -> None:
-        """Add the tally to the metrics, as `CacheFlow.answer_udp` counts, and zero it."""
+    def fold(self, hits: Tally[str]) -> None:
+        """Add the tally to the metrics (and `hits`, the cache's by kind), as
+        `CacheFlow.answer_udp` counts, and zero it."""
         io, tally = self.io, self.tally
-        fe = self.frontend
-        stats = fe.stats
-        flow = fe.cache
+        stats = self.frontend.stats
         requests, responses = stats.requests, stats.responses
         base = io.T_TOUCHED
         per_label = io.KINDS * io.RCODES
@@ -93,8 +93,7 @@ class HitPath:
             kind, rcode = divmod(rest, io.RCODES)
             requests[("udp", LABEL_NAMES[label])] += count
             responses[(RCODE_LABELS[rcode], SOURCE_CACHE)] += count
-            if flow is not None:
-                flow.cache.hits[KINDS[kind]] += count
+            hits[KINDS[kind]] += count
         tally[io.T_TOUCHED_N] = 0
         hist = stats.duration.get(SOURCE_CACHE)
         if hist is None:
